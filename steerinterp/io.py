@@ -1,0 +1,117 @@
+"""Atomic, checksummed file writes shared by stores and steerers (safetensors + JSON, no pickles).
+
+A reader can tell a finished file from a half-written one: every write goes to a temporary file
+in the same directory and is ``os.replace``-d into place, and the JSON manifest that names the
+tensor files (with their sha256) is written last.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+
+class CorruptFileError(ValueError):
+    """A file that is missing, truncated, or does not match its recorded checksum."""
+
+
+def ensure_writable_dir(path: Path) -> Path:
+    """Create ``path`` (and parents) or raise a clear error if it cannot be written."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise PermissionError(f"cannot create directory {path}: {err.strerror}") from err
+    if not os.access(path, os.W_OK):
+        raise PermissionError(f"directory {path} is not writable")
+    return path
+
+
+def _atomic(path: Path, write) -> None:
+    path = Path(path)
+    ensure_writable_dir(path.parent)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Atomically write ``obj`` as indented JSON."""
+    def write(tmp: str) -> None:
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=2, sort_keys=False, default=str)
+            f.flush()
+            os.fsync(f.fileno())
+    _atomic(path, write)
+
+
+def read_json(path: Path, what: str) -> dict:
+    """Read JSON written by :func:`write_json`; name ``what`` in the error if it is damaged."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{what}: {path} does not exist")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CorruptFileError(f"{what}: {path} is corrupted (not valid JSON: {err})") from err
+
+
+def save_tensors(path: Path, tensors: dict[str, torch.Tensor],
+                 metadata: dict[str, str] | None = None) -> str:
+    """Atomically write a safetensors file and return its sha256."""
+    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    _atomic(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+    return sha256_of(path)
+
+
+def load_tensors(path: Path, sha256: str | None, what: str) -> dict[str, torch.Tensor]:
+    """Load a safetensors file, checking its sha256 when one was recorded."""
+    path = Path(path)
+    if not path.exists():
+        raise CorruptFileError(f"{what}: file {path} is missing")
+    if sha256 is not None and sha256_of(path) != sha256:
+        raise CorruptFileError(f"{what}: {path} is truncated or corrupted "
+                               "(its sha256 does not match the one recorded when it was written)")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CorruptFileError(f"{what}: {path} is truncated or corrupted ({err})") from err
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def fingerprint(obj: Any) -> str:
+    """A stable hash of a JSON-able description (used to recognise a resumable job)."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def versions() -> dict[str, str]:
+    """Package versions recorded in every artefact for provenance."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for pkg in ("steerinterp", "transformer-lens", "torch"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = "unknown"
+    return out

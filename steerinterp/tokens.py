@@ -1,0 +1,58 @@
+"""Batch tokenisation that matches HuggingFace: left padding, BOS only where the model's HF
+tokenizer adds one, truncation to ``max_tokens``, and the mask of positions that may be pooled.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Bool, Int
+from transformer_lens import HookedTransformer
+
+
+@dataclass
+class Batch:
+    """Left-padded tokens for one forward pass.
+
+    ``attention_mask`` marks real tokens; ``pool_mask`` marks the tokens that enter pooled
+    statistics (real tokens minus the first one when ``skip_first``).
+    """
+
+    tokens: Int[torch.Tensor, "batch pos"]
+    attention_mask: Int[torch.Tensor, "batch pos"]
+    pool_mask: Bool[torch.Tensor, "batch pos"]
+
+
+def token_ids(model: HookedTransformer, texts: list[str], max_tokens: int) -> list[list[int]]:
+    """Token ids of each text, BOS prepended iff the model's default says so, truncated."""
+    if max_tokens < 1:
+        raise ValueError(f"max_tokens must be at least 1, got {max_tokens}")
+    tok = model.tokenizer
+    if tok is None:
+        raise ValueError(f"model {model.cfg.model_name} has no tokenizer; pass one to the model")
+    ids = tok(list(texts), add_special_tokens=False)["input_ids"]
+    if model.cfg.default_prepend_bos:
+        ids = [[tok.bos_token_id, *x] for x in ids]
+    return [x[:max_tokens] for x in ids]
+
+
+def pad_left(model: HookedTransformer, ids: list[list[int]], skip_first: bool) -> Batch:
+    """Stack variable-length ids into a left-padded :class:`Batch` on the model's device."""
+    tok = model.tokenizer
+    pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+    width = max(len(x) for x in ids)
+    tokens = torch.full((len(ids), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(ids), width), dtype=torch.long)
+    for i, x in enumerate(ids):
+        if x:
+            tokens[i, width - len(x):] = torch.tensor(x)
+            mask[i, width - len(x):] = 1
+    pool = mask.bool().clone()
+    if skip_first:
+        # With left padding the first real token sits at width - len(x).
+        for i, x in enumerate(ids):
+            if x:
+                pool[i, width - len(x)] = False
+    device = model.cfg.device
+    return Batch(tokens.to(device), mask.to(device), pool.to(device))
