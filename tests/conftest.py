@@ -1,0 +1,41 @@
+"""Shared fixtures: tiny random models of both architectures (fast, no download)."""
+
+import os
+
+import pytest
+
+# jaxtyping shape annotations are checked by beartype under pytest only (DESIGN.md §4).
+os.environ.setdefault("STEERINTERP_TYPECHECK", "1")
+
+from steerinterp.models import tiny_model  # noqa: E402
+
+
+@pytest.fixture(scope="session", params=["gpt2", "gemma"])
+def tiny(request):
+    """A tiny model per architecture (LayerNorm/GELU and RMSNorm/gated-MLP)."""
+    return tiny_model(request.param, seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2():
+    return tiny_model("gpt2", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_gemma():
+    return tiny_model("gemma", seed=0)
+
+
+TEXTS = [
+    "the cat sat on the mat",
+    "hello there, my friend",
+    "a",
+    "activation steering edits what a model computes",
+    "short one",
+    "yet another sentence that is somewhat longer than the others in this list",
+]
+
+
+@pytest.fixture
+def texts():
+    return list(TEXTS)
