@@ -5,7 +5,7 @@ Public API (re-exports only)::
     from steerinterp import load_model, load_texts, collect, Site, ActivationStore
 """
 
-from .collect import collect
+from .collection import collect
 from .data import length_match, load_texts
 from .models import load_model, tiny_model
 from .sites import Site, default_sites, parse_sites

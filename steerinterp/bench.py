@@ -16,7 +16,7 @@ import psutil
 import torch
 from transformer_lens import HookedTransformer
 
-from .collect import collect
+from .collection import collect
 from .sites import parse_sites
 from .tokens import pad_left, token_ids
 

@@ -14,7 +14,11 @@ app = typer.Typer(help="Activation steering on TransformerLens: collect, fit, st
 bench_app = typer.Typer(help="Benchmarks, reported as ratios measured in the same run.",
                         no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
-console = Console()
+
+
+def console() -> Console:
+    # Created per call so COLUMNS (and a test runner's captured stdout) are honoured.
+    return Console()
 
 MODEL = typer.Option("gemma-3-270m", "--model", "-m",
                      help="Model: 'gemma-3-270m' or 'smollm2-135m' offline, any TransformerLens "
@@ -25,7 +29,7 @@ DEVICE = typer.Option(None, help="torch device (default: cuda if available, else
 def _load(model: str, device: str | None):
     from .models import load_model
 
-    with console.status(f"loading {model}"):
+    with console().status(f"loading {model}"):
         return load_model(model, device=device)
 
 
@@ -35,7 +39,7 @@ def cache(model: str = MODEL) -> None:
     from .models import prepare_model_cache
 
     path = prepare_model_cache(model)
-    console.print(f"[green]ready[/green] {model}: {path}")
+    console().print(f"[green]ready[/green] {model}: {path}")
 
 
 @app.command()
@@ -60,7 +64,7 @@ def collect_cmd(
     model: str = MODEL, device: str = DEVICE,
 ) -> None:
     """Collect pooled activations of TEXTS at SITES into a store on disk."""
-    from .collect import collect
+    from .collection import collect
     from .data import load_texts
 
     m = _load(model, device)
@@ -81,7 +85,7 @@ def demo(model: str = MODEL, n: int = typer.Option(64, help="Texts per set."),
     table = run_demo(m, n=n, out=out)
     _print_frame(table, f"{m.cfg.model_name}: mean-pooled activations, {n} toxic vs {n} "
                         "Wikipedia texts (length-matched)")
-    console.print(f"stores: {out}")
+    console().print(f"stores: {out}")
 
 
 @bench_app.command(name="collect")
@@ -112,14 +116,14 @@ def _print_frame(df, title: str) -> None:
         table.add_column(str(col), justify="right" if df[col].dtype.kind in "iuf" else "left")
     for row in df.itertuples(index=False):
         table.add_row(*[f"{v:.4g}" if isinstance(v, float) else str(v) for v in row])
-    console.print(table)
+    console().print(table)
 
 
 def _print_dict(d: dict, title: str) -> None:
     table = Table(title=title, show_header=False)
     for k, v in d.items():
         table.add_row(k, f"{v:.4g}" if isinstance(v, float) else json.dumps(v).strip('"'))
-    console.print(table)
+    console().print(table)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ import pandas as pd
 import torch
 from transformer_lens import HookedTransformer
 
-from .collect import collect
+from .collection import collect
 from .data import length_match, load_texts
 from .sites import default_sites
 from .store import ActivationStore

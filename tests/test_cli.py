@@ -13,7 +13,8 @@ runner = CliRunner()
 def test_collect_writes_a_loadable_store(tmp_path):
     out = tmp_path / "store"
     result = runner.invoke(app, ["collect", "builtin:toxic", "--model", "tiny-gpt2", "--n", "6",
-                                 "--sites", "all.mlp_out", "--out", str(out), "--pool", "max"])
+                                 "--sites", "all.mlp_out", "--out", str(out), "--pool", "max"],
+                           env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     store = ActivationStore.load(out)
     assert store.n == 6 and store.pool == "max" and [str(s) for s in store.sites] == [

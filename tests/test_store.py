@@ -3,8 +3,8 @@ import json
 import pytest
 import torch
 
-import steerinterp.collect as collect_mod
-from steerinterp.collect import collect
+import steerinterp.collection as collect_mod
+from steerinterp.collection import collect
 from steerinterp.io import CorruptFileError
 from steerinterp.models import tiny_model
 from steerinterp.sites import Site

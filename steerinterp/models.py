@@ -1,0 +1,333 @@
+"""Model construction: the only module that builds a ``HookedTransformer``.
+
+``load_model(name)`` returns a model loaded *without* weight processing (no LayerNorm folding,
+no centering, no value-bias folding) so that hook values equal the HuggingFace module outputs the
+papers' maps are defined on (METHODS.md §2). The flags are recorded on the model as
+``model.steerinterp_info`` and copied into every store and steerer for provenance checks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import tempfile
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+import torch
+from tokenizers import Tokenizer, decoders, pre_tokenizers
+from tokenizers import models as tk_models
+from transformer_lens import HookedTransformer, HookedTransformerConfig
+from transformer_lens import loading_from_pretrained as tl_loading
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
+
+from steerinterp.assets import ASSETS, cache_dir, ensure_hf_copy, hf_cache_path
+
+__all__ = ["DEFAULT_MODEL", "OFFLINE_MODELS", "NO_PROCESSING", "ModelInfo", "cache_dir",
+           "load_model", "model_info", "prepare_model_cache", "resolve_dtype", "tiny_model",
+           "hf_cache_path"]
+
+# Weight processing flags used for every model we load. Recorded so that a store or steerer
+# produced under other flags is refused (statistics would live in another basis).
+NO_PROCESSING = {
+    "fold_ln": False,
+    "center_writing_weights": False,
+    "center_unembed": False,
+    "fold_value_biases": False,
+    "refactor_factored_attn_matrices": False,
+}
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Provenance of a loaded model, attached as ``model.steerinterp_info``."""
+
+    name: str
+    weight_processing: dict
+    prepend_bos: bool
+    architecture: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def model_info(model: HookedTransformer) -> ModelInfo:
+    """The provenance record of ``model`` (models built outside steerinterp get a best guess)."""
+    info = getattr(model, "steerinterp_info", None)
+    if info is not None:
+        return info
+    return ModelInfo(
+        name=model.cfg.model_name,
+        weight_processing=_flags_of(model),
+        prepend_bos=bool(model.cfg.default_prepend_bos),
+        architecture=str(model.cfg.original_architecture),
+    )
+
+
+def _flags_of(model: HookedTransformer) -> dict:
+    # A TL model loaded with processing has normalization_type "LNPre"/"RMSPre" (folded LN).
+    folded = str(model.cfg.normalization_type).endswith("Pre")
+    flags = dict(NO_PROCESSING)
+    flags["fold_ln"] = folded
+    return flags
+
+
+def _attach_info(model: HookedTransformer, name: str) -> HookedTransformer:
+    model.steerinterp_info = ModelInfo(
+        name=name,
+        weight_processing=dict(NO_PROCESSING),
+        prepend_bos=bool(model.cfg.default_prepend_bos),
+        architecture=str(model.cfg.original_architecture),
+    )
+    model.eval()
+    return model
+
+
+def _byte_tokenizer() -> PreTrainedTokenizerFast:
+    """A 259-token byte-level tokenizer (pad/bos/eos + 256 bytes) built without any download.
+
+    Saved once to the cache and reloaded from there, because TransformerLens re-opens a
+    tokenizer by its ``name_or_path`` to make a BOS-adding copy.
+    """
+    path = cache_dir() / "tiny-byte-tokenizer"
+    if not (path / "tokenizer.json").exists():
+        vocab = {"<pad>": 0, "<bos>": 1, "<eos>": 2}
+        for i, ch in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet())):
+            vocab[ch] = 3 + i
+        tk = Tokenizer(tk_models.BPE(vocab=vocab, merges=[]))
+        tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tk.decoder = decoders.ByteLevel()
+        tok = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<bos>",
+                                      eos_token="<eos>", pad_token="<pad>")
+        with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
+            tok.save_pretrained(tmp)
+            try:
+                os.replace(tmp, path)  # atomic: concurrent test workers never see half a dir
+            except OSError:
+                pass  # another process won the race; its copy is identical
+            Path(tmp).mkdir(exist_ok=True)  # TemporaryDirectory cleanup expects it
+    return PreTrainedTokenizerFast.from_pretrained(str(path))
+
+
+def tiny_model(arch: str = "gpt2", seed: int = 0, n_layers: int = 2, d_model: int = 32,
+               dtype: torch.dtype = torch.float32) -> HookedTransformer:
+    """A small random model for fast tests, without any download.
+
+    ``arch="gpt2"``: LayerNorm, GELU, learned positions (GPT-2 shape).
+    ``arch="gemma"``: RMSNorm before and after each sub-block, gated MLP, rotary, grouped-query
+    attention with q/k norms (Gemma-3 shape). Both use a 259-token byte vocabulary so
+    ``steerinterp.data`` helpers can tokenize text with :func:`tokenize`.
+    """
+    common = dict(n_layers=n_layers, d_model=d_model, n_ctx=128, d_head=8,
+                  n_heads=d_model // 8, d_vocab=259, seed=seed, d_mlp=2 * d_model, dtype=dtype)
+    if arch == "gpt2":
+        cfg = HookedTransformerConfig(
+            **common, act_fn="gelu_new", normalization_type="LN",
+            positional_embedding_type="standard", original_architecture="GPT2LMHeadModel",
+            default_prepend_bos=True, model_name="tiny-gpt2")
+    elif arch == "gemma":
+        cfg = HookedTransformerConfig(
+            **common, act_fn="gelu_pytorch_tanh", normalization_type="RMS",
+            positional_embedding_type="rotary", rotary_dim=8, gated_mlp=True, final_rms=True,
+            use_normalization_before_and_after=True, n_key_value_heads=max(1, d_model // 16),
+            use_qk_norm=True, original_architecture="Gemma3ForCausalLM",
+            default_prepend_bos=True, model_name="tiny-gemma")
+    else:
+        raise ValueError(f"unknown tiny architecture {arch!r}; use 'gpt2' or 'gemma'")
+    torch.manual_seed(seed)
+    model = HookedTransformer(cfg, tokenizer=_byte_tokenizer())
+    return _attach_info(model, cfg.model_name)
+
+
+# --------------------------------------------------------------------------- real models
+
+DEFAULT_MODEL = "gemma-3-270m"
+TINY_MODELS = {"tiny-gpt2": "gpt2", "tiny-gemma": "gemma"}
+OFFLINE_MODELS = ("gemma-3-270m", "smollm2-135m", *TINY_MODELS)
+
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
+           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+           "float16": torch.float16, "fp16": torch.float16, "half": torch.float16}
+
+
+def resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype:
+    """``None`` → float32; accepts a floating ``torch.dtype`` or a name such as "bfloat16"."""
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype) and dtype.is_floating_point:
+        return dtype
+    key = dtype.lower().removeprefix("torch.") if isinstance(dtype, str) else None
+    if key not in _DTYPES:
+        raise ValueError(f"unsupported dtype {dtype!r}; use a floating torch.dtype or one of "
+                         f"{sorted(_DTYPES)}")
+    return _DTYPES[key]
+
+
+def _default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_model(name: str = DEFAULT_MODEL, device: str | torch.device | None = None,
+               dtype: torch.dtype | str | None = None) -> HookedTransformer:
+    """A ``HookedTransformer`` loaded without weight processing, in eval mode, left-padding.
+
+    Offline names (``OFFLINE_MODELS``): the embedded "gemma-3-270m" (default) and
+    "smollm2-135m", read from an fp32 cache built on first use, and the random "tiny-*" models.
+    Any other TransformerLens model name is fetched from the Hugging Face Hub.
+    """
+    dtype = resolve_dtype(dtype)
+    device = str(device) if device is not None else _default_device()
+    if name in TINY_MODELS:
+        model = tiny_model(TINY_MODELS[name], dtype=dtype).to(device, print_details=False)
+    elif name in ASSETS:
+        model = _EMBEDDED_BUILDERS[name](prepare_model_cache(name), device, dtype)
+    else:
+        model = _load_from_hub(name, device, dtype)
+    model.tokenizer.padding_side = "left"
+    _transposed_unembed(model)
+    return _attach_info(model, name)
+
+
+def _transposed_unembed(model: HookedTransformer) -> None:
+    """Store ``W_U`` [d_model, d_vocab] as the transpose of a contiguous [d_vocab, d_model].
+
+    TL's ``Unembed.forward`` calls ``W_U.T.contiguous()`` on every forward pass: with Gemma's
+    262k vocabulary that copies 670 MB each time (about 0.6 s of a 0.9 s CPU forward). With this
+    layout the copy is a no-op; values, shape and matmul layout (hence numerics) are unchanged.
+    """
+    w_u = model.unembed.W_U
+    if not w_u.T.is_contiguous():
+        model.unembed.W_U = torch.nn.Parameter(w_u.detach().T.contiguous().T,
+                                               requires_grad=w_u.requires_grad)
+
+
+def prepare_model_cache(name: str = DEFAULT_MODEL) -> Path:
+    """Build (once) and verify the fp32 HF copy of an embedded model; returns its folder.
+
+    For setup steps: converts the GGUF on the first call (~1 min for gemma-3-270m on CPU),
+    afterwards only checks the cached copy.
+    """
+    if name not in ASSETS:
+        raise ValueError(f"{name!r} is not an embedded model; embedded: {sorted(ASSETS)}")
+    return ensure_hf_copy(name)
+
+
+@contextlib.contextmanager
+def _hub_offline():
+    """Make transformers/huggingface_hub refuse network access instead of waiting on it.
+
+    ``HF_HUB_OFFLINE`` is read once when huggingface_hub is imported, so setting the
+    environment variable here would do nothing; the module constant is what is consulted.
+    """
+    from huggingface_hub import constants
+
+    before = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = before
+
+
+def _load_cached_hf(path: Path):
+    tok = AutoTokenizer.from_pretrained(path)
+    hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    return tok, hf
+
+
+def _build_gemma(path: Path, device: str, dtype: torch.dtype) -> HookedTransformer:
+    """gemma-3-270m: on TL's official list, so TL knows its config without the hub."""
+    with _hub_offline(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*HookedTransformer.*")
+        tok, hf = _load_cached_hf(path)
+        return HookedTransformer.from_pretrained_no_processing(
+            "google/gemma-3-270m", hf_model=hf, tokenizer=tok, device=device, dtype=dtype,
+            default_prepend_bos=True, default_padding_side="left")  # HF Gemma prepends BOS
+
+
+def _build_smollm2(path: Path, device: str, dtype: torch.dtype) -> HookedTransformer:
+    """smollm2-135m: not on TL's list; config from the local HF config, Llama converter."""
+    with _hub_offline(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*HookedTransformer.*")
+        tok, hf = _load_cached_hf(path)
+        # convert_hf_model_config picks the architecture from substrings of the *name*
+        # ("llama", "gemma", ...) before reading config.json; pass a bare relative folder name
+        # so the absolute cache path (which may contain such words) cannot misroute it.
+        with contextlib.chdir(path.parent):
+            cfg_dict = tl_loading.convert_hf_model_config(path.name)
+        cfg_dict.update(n_ctx=2048, default_prepend_bos=False,  # SmolLM2 has no BOS
+                        model_name="smollm2-135m", tokenizer_name=str(path), device=device,
+                        dtype=dtype, init_weights=False)
+        cfg = HookedTransformerConfig.from_dict(cfg_dict)
+        model = HookedTransformer(cfg, tokenizer=tok, move_to_device=False,
+                                  default_padding_side="left")
+        state = tl_loading.get_pretrained_state_dict(str(path), cfg, hf_model=hf, dtype=dtype)
+        model.load_and_process_state_dict(state, **NO_PROCESSING)
+        model.move_model_modules_to_device()
+        return model
+
+
+_EMBEDDED_BUILDERS = {"gemma-3-270m": _build_gemma, "smollm2-135m": _build_smollm2}
+
+
+def _offline_names() -> str:
+    return ", ".join(OFFLINE_MODELS)
+
+
+def _hub_reachable(timeout: float = 2.0) -> bool:
+    """Cheap check before any download, so an offline machine fails in seconds, not minutes."""
+    from huggingface_hub import constants
+
+    flag = os.environ.get("HF_HUB_OFFLINE", "").strip().lower()
+    if flag in {"1", "true", "yes", "on"} or constants.HF_HUB_OFFLINE:
+        return False
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True  # a direct connect says nothing behind a proxy; let the download decide
+    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname, port), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _hub_cached(official_name: str) -> bool:
+    """Whether the HF cache already holds this model's config (then offline loading may work)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(official_name, "config.json"), str)
+
+
+def _hf_prepends_bos(tokenizer) -> bool:
+    """Whether the HF tokenizer itself adds BOS, so TL tokenizes strings as HF does."""
+    ids = tokenizer("a")["input_ids"]
+    return tokenizer.bos_token_id is not None and bool(ids) and ids[0] == tokenizer.bos_token_id
+
+
+def _load_from_hub(name: str, device: str, dtype: torch.dtype) -> HookedTransformer:
+    """A TransformerLens official model (or alias) from the Hub or the local HF cache."""
+    try:
+        official = tl_loading.get_official_model_name(name)
+    except ValueError:
+        raise ValueError(f"unknown model {name!r}: neither an offline model ({_offline_names()}) "
+                         f"nor a TransformerLens model name or alias") from None
+    online = _hub_reachable()
+    if not online and not _hub_cached(official):
+        raise RuntimeError(f"cannot load {name!r}: the Hugging Face Hub is unreachable (or "
+                           f"HF_HUB_OFFLINE is set) and the model is not in the local HF cache. "
+                           f"Models that work offline: {_offline_names()}")
+    offline = _hub_offline() if not online else contextlib.nullcontext()
+    try:
+        with offline, warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*HookedTransformer.*")
+            prepend = _hf_prepends_bos(AutoTokenizer.from_pretrained(official))
+            return HookedTransformer.from_pretrained_no_processing(
+                name, device=device, dtype=dtype, default_prepend_bos=prepend,
+                default_padding_side="left")
+    except OSError as err:  # transformers reports hub and connection failures as OSError
+        raise RuntimeError(f"cannot load {name!r} from the Hugging Face Hub ({err}). Models "
+                           f"that work offline: {_offline_names()}") from err
