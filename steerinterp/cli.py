@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
 from pathlib import Path
 
 import typer
@@ -17,8 +19,9 @@ app.add_typer(bench_app, name="bench")
 
 
 def console() -> Console:
-    # Created per call so COLUMNS (and a test runner's captured stdout) are honoured.
-    return Console()
+    # Created per call so COLUMNS (and a test runner's captured stdout) are honoured; wide when
+    # piped, so tables in logs are not cut at 80 columns.
+    return Console(width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else 160)
 
 MODEL = typer.Option("gemma-3-270m", "--model", "-m",
                      help="Model: 'gemma-3-270m' or 'smollm2-135m' offline, any TransformerLens "

@@ -20,9 +20,12 @@ point               TL hook                     width        meaning
 ``ln1`` / ``ln2``   ``ln{1,2}.hook_normalized`` d_model      pre-attention / pre-MLP norm output
 ==================  ==========================  ===========  ===========================================
 
-TransformerLens's RMSNorm exposes ``hook_normalized`` *before* the gain ``w`` (METHODS.md §2), so
-on RMSNorm models ``ln1``/``ln2`` are ``x / rms(x)``; a per-unit affine map there is the HF map
-reparameterised (``b' = b / w``).
+TransformerLens 3.9 exposes ``hook_normalized`` of both LayerNorm and RMSNorm *before* the
+norm's gain ``w`` (and bias ``b``): ``ln1``/``ln2`` are ``x̂``, not the HF ``ln_1``/``ln_2``
+outputs ``x̂·w + b`` (METHODS.md §2 assumed otherwise). A per-unit affine map there equals the
+HF-side map reparameterised (``ω' = ω``, ``b' = b ⊙ w``). TL also calls ``ln1`` three times per
+block (for the query, key and value inputs), so a hook at ``ln1`` fires three times per forward
+pass with the same value; steering applies the same map to each.
 """
 
 from __future__ import annotations

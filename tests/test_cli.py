@@ -44,7 +44,7 @@ def test_bench_collect_reports_a_ratio(tmp_path):
                                  "--repeats", "1", "--batch-size", "4", "--out", str(out)])
     assert result.exit_code == 0, result.output
     data = json.loads(out.read_text())
-    assert data["ratio"] > 0 and data["n_texts"] == 8 and data["n_sites"] == 4
+    assert data["ratio"] > 0 and data["ratio_vs_full"] > 0 and data["n_texts"] == 8 and data["n_sites"] == 4
 
 
 def test_sets_lists_builtin_sets():
