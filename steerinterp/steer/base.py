@@ -1,0 +1,276 @@
+"""The ``Steerer`` base: one interface for every method, a registry, and safe save/load.
+
+A steerer is an ``nn.Module`` with a small frozen config. ``fit(model, source, target)`` takes
+texts (collected with the method's own pooling) or :class:`~steerinterp.store.ActivationStore`s;
+``steer(acts, site)`` is a pure function of one site's activations (identity at strength 0,
+never edits its input); ``fwd_hooks()`` turns it into TransformerLens hooks, attached only by
+:func:`steerinterp.steer.apply.steered`. On disk: ``config.json`` (method, config, provenance)
+and ``state.safetensors`` — no pickles.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+from jaxtyping import Float
+from torch import nn
+from transformer_lens import HookedTransformer
+
+from ..io import load_tensors, read_json, save_tensors, versions, write_json
+from ..models import model_info
+from ..sites import Site, default_sites, from_units, parse_sites, to_units
+from ..store import ActivationStore
+
+FORMAT = "steerinterp.steerer/1"
+REGISTRY: dict[str, type[Steerer]] = {}
+
+
+class SteerError(ValueError):
+    """A steerer used in a way that cannot give a meaningful result."""
+
+
+@dataclass(frozen=True)
+class SteerConfig:
+    """Options every method shares. ``sites=None`` means the method's defaults for the model."""
+
+    sites: tuple[str, ...] | None = None
+    strength: float = 1.0
+    pool: str | None = None  # None: the method's own pooling
+    max_tokens: int = 128
+    batch_size: int = 16
+
+
+def register(cls: type[Steerer]) -> type[Steerer]:
+    """Class decorator: make a method available to :func:`make` and :func:`load_steerer`."""
+    REGISTRY[cls.method] = cls
+    return cls
+
+
+def available() -> list[str]:
+    """Names of the registered methods."""
+    return sorted(REGISTRY)
+
+
+def make(name: str, **config) -> Steerer:
+    """An unfitted steerer of method ``name`` with ``config`` options."""
+    if name not in REGISTRY:
+        raise SteerError(f"unknown method {name!r}; available: {', '.join(available())}")
+    cls = REGISTRY[name]
+    fields = {f.name for f in dataclasses.fields(cls.Config)}
+    unknown = sorted(set(config) - fields)
+    if unknown:
+        raise SteerError(f"unknown option(s) {unknown} for {name}; options: {sorted(fields)}")
+    sites = config.get("sites")
+    if isinstance(sites, str):
+        sites = sites.split(",")
+    if sites is not None:
+        # Kept as a spec ("all.mlp_out" needs the model); resolved and validated in fit().
+        config["sites"] = tuple(str(s).strip() for s in sites)
+    return cls(cls.Config(**config))
+
+
+class Steerer(nn.Module):
+    """Base class. Subclasses set ``method``, ``Config``, ``default_pool`` and implement
+    ``_fit(model, source, target)`` and ``steer(acts, site, strength)``."""
+
+    method: ClassVar[str] = "base"
+    Config: ClassVar[type[SteerConfig]] = SteerConfig
+    default_pool: ClassVar[str] = "mean"
+    strength_range: ClassVar[tuple[float, float] | None] = (0.0, 1.0)
+    needs_target: ClassVar[bool] = True
+
+    def __init__(self, config: SteerConfig | None = None) -> None:
+        super().__init__()
+        self.config = config if config is not None else self.Config()
+        self.check_strength(self.config.strength)
+        self.tensors = nn.ParameterDict()
+        self.provenance: dict | None = None
+
+    # -- per-site tensors ------------------------------------------------------------------
+    @staticmethod
+    def _key(site: Site, name: str) -> str:
+        return f"{site.layer}_{site.point}__{name}"  # ParameterDict keys cannot contain "."
+
+    def set_tensor(self, site: Site, name: str, value: torch.Tensor,
+                   trainable: bool = False) -> None:
+        self.tensors[self._key(site, name)] = nn.Parameter(
+            value.detach().float().clone(), requires_grad=trainable)
+
+    def tensor(self, site: Site, name: str) -> torch.Tensor | None:
+        key = self._key(site, name)
+        return self.tensors[key] if key in self.tensors else None
+
+    @property
+    def sites(self) -> list[Site]:
+        return [Site.parse(s) for s in (self.provenance or {}).get("sites", [])]
+
+    @property
+    def fitted(self) -> bool:
+        return self.provenance is not None
+
+    @property
+    def pool(self) -> str:
+        return self.config.pool or self.default_pool
+
+    # -- fitting -------------------------------------------------------------------------------
+    def resolve_sites(self, model: HookedTransformer) -> list[Site]:
+        if self.config.sites is None:
+            return default_sites(model, self.method)
+        return sorted(parse_sites(list(self.config.sites), model))
+
+    def fit(self, model: HookedTransformer, source, target=None) -> Steerer:
+        """Fit on ``source`` (behaviour to remove) and ``target`` (behaviour wanted): lists of
+        texts or ActivationStores. Returns ``self``."""
+        t0 = time.perf_counter()
+        sites = self.resolve_sites(model)
+        if self.needs_target and target is None:
+            raise SteerError(f"{self.method} needs both a source and a target set")
+        src = self.as_store(model, source, sites, "source")
+        tgt = self.as_store(model, target, sites, "target") if target is not None else None
+        self._fit(model, src, tgt, sites)
+        self.provenance = {
+            "model": model_info(model).to_dict(), "sites": [str(s) for s in sites],
+            "widths": {str(s): s.width(model) for s in sites}, "pool": self.pool,
+            "n_source": src.n, "n_target": tgt.n if tgt is not None else 0,
+            "fit_seconds": time.perf_counter() - t0, "versions": versions()}
+        return self
+
+    def as_store(self, model: HookedTransformer, data, sites: list[Site],
+                 role: str) -> ActivationStore:
+        """Texts → a store collected with this method's pooling; a store → checked."""
+        if isinstance(data, ActivationStore):
+            store = data
+            store.check_model(model)
+            missing = [str(s) for s in sites if s not in store]
+            if missing:
+                raise SteerError(f"{role} store lacks site(s) {missing} that {self.method} "
+                                 f"steers; collect them or pass sites=")
+            if store.pool != self.pool:
+                raise SteerError(f"{role} store was pooled with {store.pool!r} but "
+                                 f"{self.method} uses {self.pool!r}; recollect or pass pool=")
+        else:
+            from ..collection import collect
+            store = collect(model, data, sites, pool=self.pool, max_tokens=self.config.max_tokens,
+                            batch_size=self.config.batch_size, progress=False)
+        if store.n == 0:
+            raise SteerError(f"{role} set is empty")
+        for site in sites:
+            bad = int((~torch.isfinite(store[site])).sum())
+            if bad:
+                raise SteerError(f"{role} activations at {site} contain {bad} NaN/inf values")
+        return store
+
+    def _fit(self, model: HookedTransformer, source: ActivationStore,
+             target: ActivationStore | None, sites: list[Site]) -> None:
+        raise NotImplementedError
+
+    # -- applying --------------------------------------------------------------------------
+    def check_strength(self, strength: float) -> float:
+        lo_hi = self.strength_range
+        if not isinstance(strength, (int, float)) or strength != strength:
+            raise SteerError(f"strength must be a number, got {strength!r}")
+        if lo_hi is not None and not lo_hi[0] <= strength <= lo_hi[1]:
+            raise SteerError(f"strength {strength} is outside {self.method}'s range "
+                             f"[{lo_hi[0]}, {lo_hi[1]}]")
+        return float(strength)
+
+    def steer(self, acts: Float[torch.Tensor, "... d"], site: Site,
+              strength: float | None = None) -> Float[torch.Tensor, "... d"]:
+        """Steered activations at ``site`` (float32 in, float32 out, input untouched)."""
+        raise NotImplementedError
+
+    def fwd_hooks(self, strength: float | None = None) -> list[tuple[str, object]]:
+        """``(hook_name, fn)`` pairs for TransformerLens; use through ``steered()``."""
+        if not self.fitted:
+            raise SteerError(f"this {self.method} steerer is not fitted; call .fit() first")
+        lam = self.check_strength(self.config.strength if strength is None else strength)
+        return [(site.hook_name, self._hook(site, lam)) for site in self.sites]
+
+    def _hook(self, site: Site, lam: float):
+        def hook(acts: torch.Tensor, hook) -> torch.Tensor:
+            # Compute in float32 and hand back a new tensor in the model's dtype: no in-place
+            # edits, so autograd through the hook (LinEAS, DSAS training) stays correct.
+            out = self.steer(to_units(site, acts).float(), site, lam)
+            return from_units(site, out, acts).to(acts.dtype)
+        return hook
+
+    def check_model(self, model: HookedTransformer) -> None:
+        """Refuse a model other than the one this steerer was fitted on."""
+        if not self.fitted:
+            raise SteerError(f"this {self.method} steerer is not fitted; call .fit() first")
+        info, mine = model_info(model), self.provenance["model"]
+        if info.name != mine["name"]:
+            raise SteerError(f"{self.method} steerer was fitted on {mine['name']!r}; it cannot "
+                             f"steer {info.name!r}")
+        if info.weight_processing != mine["weight_processing"]:
+            raise SteerError(f"{self.method} steerer was fitted with weight processing "
+                             f"{mine['weight_processing']}, this model has "
+                             f"{info.weight_processing}")
+        for site in self.sites:
+            width = site.width(model)
+            if width != self.provenance["widths"][str(site)]:
+                raise SteerError(f"{self.method} steerer has width "
+                                 f"{self.provenance['widths'][str(site)]} at {site}, the model "
+                                 f"has {width}")
+
+    # -- disk ------------------------------------------------------------------------------
+    def extra_state(self) -> dict:
+        """JSON-able state beyond tensors (subclasses may extend)."""
+        return {}
+
+    def load_extra_state(self, state: dict) -> None:
+        pass
+
+    def save(self, path: str | Path) -> Path:
+        """Write ``state.safetensors`` then ``config.json`` (last, so it names a finished file)."""
+        if not self.fitted:
+            raise SteerError("cannot save an unfitted steerer")
+        path = Path(path)
+        tensors = {f"{k}": v.detach() for k, v in self.tensors.items()}
+        sha = save_tensors(path / "state.safetensors", tensors, {"format": FORMAT})
+        write_json(path / "config.json", {
+            "format": FORMAT, "method": self.method, "config": asdict(self.config),
+            "provenance": self.provenance, "extra": self.extra_state(), "state_sha256": sha})
+        return path
+
+
+def load_steerer(path: str | Path, model: HookedTransformer | None = None) -> Steerer:
+    """Restore any registered steerer saved with :meth:`Steerer.save`; check it against
+    ``model`` when given."""
+    path = Path(path)
+    meta = read_json(path / "config.json", "steerer config")
+    if meta.get("format") != FORMAT or meta.get("method") not in REGISTRY:
+        raise SteerError(f"{path}/config.json is not a steerinterp steerer "
+                         f"(format {meta.get('format')!r}, method {meta.get('method')!r})")
+    cls = REGISTRY[meta["method"]]
+    config = dict(meta["config"])
+    if config.get("sites") is not None:
+        config["sites"] = tuple(config["sites"])
+    steerer = cls(cls.Config(**config))
+    tensors = load_tensors(path / "state.safetensors", meta.get("state_sha256"), "steerer state")
+    for key, value in tensors.items():
+        steerer.tensors[key] = nn.Parameter(value, requires_grad=False)
+    steerer.provenance = meta["provenance"]
+    steerer.load_extra_state(meta.get("extra", {}))
+    _check_widths(steerer, path)
+    if model is not None:
+        steerer.check_model(model)
+    return steerer
+
+
+def _check_widths(steerer: Steerer, path: Path) -> None:
+    widths = steerer.provenance["widths"]
+    for key, value in steerer.tensors.items():
+        layer, rest = key.split("_", 1)
+        point, _ = rest.rsplit("__", 1)
+        site = f"L{layer}.{point}"
+        if site not in widths:
+            raise SteerError(f"{path}: tensor {key} belongs to no site this steerer steers")
+        if value.dim() >= 1 and value.shape[-1] != widths[site]:
+            raise SteerError(f"{path}: tensor {key} has width {value.shape[-1]}, "
+                             f"expected {widths[site]} at {site}")

@@ -1,0 +1,120 @@
+"""Bad input to the steering core: every path gives an error that names the problem."""
+
+import pytest
+import torch
+
+from steerinterp.collection import collect
+from steerinterp.io import CorruptFileError
+from steerinterp.models import tiny_model
+from steerinterp.steer import SteerError, load_steerer, make, steered
+
+SRC = ["you are a stupid idiot", "shut up you fool", "I hate you so much"]
+TGT = ["the river flows to the sea", "a library holds many books", "the train leaves at noon"]
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_model("gpt2", seed=2)
+
+
+@pytest.fixture(scope="module")
+def fitted(model):
+    return make("mean_shift").fit(model, source=SRC, target=TGT)
+
+
+def test_unknown_method_and_option():
+    with pytest.raises(SteerError, match="unknown method 'nope'; available: .*mean_shift"):
+        make("nope")
+    with pytest.raises(SteerError, match=r"unknown option\(s\) \['alpha'\] for mean_shift"):
+        make("mean_shift", alpha=3)
+
+
+def test_empty_or_one_class(model):
+    with pytest.raises(ValueError, match="empty text list"):
+        make("mean_shift").fit(model, source=[], target=TGT)
+    with pytest.raises(SteerError, match="needs both a source and a target"):
+        make("mean_shift").fit(model, source=SRC)
+
+
+def test_stores_from_other_model_or_sites(model):
+    other = tiny_model("gemma", seed=2)
+    src = collect(other, SRC, "all.mlp_out", progress=False)
+    with pytest.raises(ValueError, match="collected on model 'tiny-gemma', not on 'tiny-gpt2'"):
+        make("mean_shift", sites="all.mlp_out").fit(model, source=src, target=TGT)
+    src = collect(model, SRC, "L0.mlp_out", progress=False)
+    with pytest.raises(SteerError, match=r"source store lacks site\(s\) \['L1.mlp_out'\]"):
+        make("mean_shift", sites="all.mlp_out").fit(model, source=src, target=TGT)
+    src = collect(model, SRC, "all.mlp_out", pool="max", progress=False)
+    with pytest.raises(SteerError, match="pooled with 'max' but mean_shift uses 'mean'"):
+        make("mean_shift", sites="all.mlp_out").fit(model, source=src, target=TGT)
+
+
+def test_nan_activations_are_refused(model):
+    src = collect(model, SRC, "L0.mlp_out", progress=False)
+    src["L0.mlp_out"][1, 3] = float("nan")
+    with pytest.raises(SteerError, match=r"source activations at L0.mlp_out contain 1 NaN/inf"):
+        make("mean_shift", sites="L0.mlp_out").fit(model, source=src, target=TGT)
+
+
+def test_strength_out_of_range(model, fitted):
+    with pytest.raises(SteerError, match=r"strength 2 is outside mean_shift's range \[0.0, 1.0\]"):
+        make("mean_shift", strength=2)
+    with pytest.raises(SteerError, match="outside mean_shift's range"):
+        with steered(model, fitted, strength=-0.5):
+            pass
+    with pytest.raises(SteerError, match="must be a number"):
+        fitted.fwd_hooks(float("nan"))
+
+
+def test_unfitted_steerer_is_refused(model):
+    with pytest.raises(SteerError, match="not fitted"):
+        with steered(model, make("mean_shift")):
+            pass
+    with pytest.raises(SteerError, match="takes fitted steerers"):
+        with steered(model, "mean_shift"):
+            pass
+
+
+def test_attach_to_other_model_or_width(fitted):
+    with pytest.raises(SteerError, match="fitted on 'tiny-gpt2'; it cannot steer 'tiny-gemma'"):
+        with steered(tiny_model("gemma"), fitted):
+            pass
+    wider = tiny_model("gpt2", d_model=64)  # same name, other width
+    with pytest.raises(SteerError, match="has width 32 at L0.ln1, the model has 64"):
+        with steered(wider, fitted):
+            pass
+
+
+def test_load_missing_or_corrupted_files(model, fitted, tmp_path):
+    fitted.save(tmp_path / "s")
+    (tmp_path / "s" / "state.safetensors").write_bytes(b"\x00garbage")
+    with pytest.raises(CorruptFileError, match="truncated or corrupted"):
+        load_steerer(tmp_path / "s")
+    fitted.save(tmp_path / "t")
+    (tmp_path / "t" / "state.safetensors").unlink()
+    with pytest.raises(CorruptFileError, match="missing"):
+        load_steerer(tmp_path / "t")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_steerer(tmp_path / "nowhere")
+    fitted.save(tmp_path / "u")
+    (tmp_path / "u" / "config.json").write_text("{not json")
+    with pytest.raises(CorruptFileError, match="not valid JSON"):
+        load_steerer(tmp_path / "u")
+
+
+def test_load_checks_model(model, fitted, tmp_path):
+    fitted.save(tmp_path / "s")
+    with pytest.raises(SteerError, match="cannot steer 'tiny-gemma'"):
+        load_steerer(tmp_path / "s", tiny_model("gemma"))
+    assert load_steerer(tmp_path / "s", model).provenance["n_source"] == 3
+
+
+def test_mean_shift_is_the_mean_difference(model, fitted):
+    src = collect(model, SRC, fitted.sites, progress=False)
+    tgt = collect(model, TGT, fitted.sites, progress=False)
+    for site in fitted.sites:
+        torch.testing.assert_close(fitted.tensor(site, "bias"),
+                                   tgt[site].mean(0) - src[site].mean(0), atol=1e-5, rtol=1e-5)
+        acts = src[site]
+        torch.testing.assert_close(fitted.steer(acts, site, 1.0).mean(0), tgt[site].mean(0),
+                                   atol=1e-4, rtol=1e-4)
