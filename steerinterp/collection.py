@@ -29,14 +29,14 @@ def collect(model: HookedTransformer, texts: Sequence[str], sites, pool: str = "
     layer. With ``path``, each batch is written as a shard when done; re-running with the same
     arguments resumes, and a finished store at ``path`` is simply loaded.
     """
-    texts = _check_texts(texts)
+    texts = validate_texts(texts)
     if pool not in POOLS:
         raise StoreError(f"unknown pooling {pool!r}; use one of {', '.join(POOLS)}")
     if batch_size < 1:
         raise StoreError(f"batch_size must be at least 1, got {batch_size}")
     sites = sorted(parse_sites(sites, model))
     ids = token_ids(model, texts, max_tokens)
-    _check_lengths(ids, texts, skip_first, max_tokens)
+    validate_lengths(ids, texts, skip_first, max_tokens)
     meta = build_meta(model, texts, sites, pool, max_tokens, skip_first, batch_size)
     # Longest first: batches of similar length waste little on padding, and an out-of-memory
     # error shows up in the first batch instead of at the end.
@@ -49,7 +49,7 @@ def collect(model: HookedTransformer, texts: Sequence[str], sites, pool: str = "
     return _collect_to_disk(model, Path(path), meta, ids, sites, batches, progress)
 
 
-def _check_texts(texts: Sequence[str]) -> list[str]:
+def validate_texts(texts: Sequence[str]) -> list[str]:
     if isinstance(texts, str):
         raise StoreError("texts must be a list of strings, not a single string")
     texts = list(texts)
@@ -61,7 +61,7 @@ def _check_texts(texts: Sequence[str]) -> list[str]:
     return texts
 
 
-def _check_lengths(ids: list[list[int]], texts: list[str], skip_first: bool,
+def validate_lengths(ids: list[list[int]], texts: list[str], skip_first: bool,
                    max_tokens: int) -> None:
     need = 2 if skip_first else 1
     if skip_first and max_tokens < 2:

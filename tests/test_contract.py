@@ -20,6 +20,7 @@ METHODS = {
     "mean_shift": {},
     "iti": {},
     "linear_act": {},
+    "lineas": {"steps": 5},
 }
 SOURCE = ["you are a stupid idiot", "shut up you fool", "what a disgusting pig",
           "I hate you so much", "go away, loser", "this is garbage, moron"]

@@ -8,6 +8,7 @@ from . import actadd  # noqa: F401  (registers the method)
 from . import aura  # noqa: F401  (registers the method)
 from . import iti  # noqa: F401  (registers the method)
 from . import linear_act  # noqa: F401  (registers the method)
+from . import lineas  # noqa: F401  (registers the method)
 from . import mean_shift  # noqa: F401  (registers the method)
 from .apply import steered
 from .base import REGISTRY, SteerConfig, SteerError, Steerer, available, load_steerer, make

@@ -22,7 +22,7 @@ class AffineSteerer(Steerer):
         """``(omega, bias)`` at ``site`` (``None`` for the identity part)."""
         return self.tensor(site, "omega"), self.tensor(site, "bias")
 
-    def support(self, site: Site) -> tuple[torch.Tensor, torch.Tensor] | None:
+    def transport_support(self, site: Site) -> tuple[torch.Tensor, torch.Tensor] | None:
         lo, hi = self.tensor(site, "lo"), self.tensor(site, "hi")
         return None if lo is None else (lo, hi)
 
@@ -33,7 +33,7 @@ class AffineSteerer(Steerer):
         mapped = acts if omega is None else acts * omega
         if bias is not None:
             mapped = mapped + bias
-        support = self.support(site)
+        support = self.transport_support(site)
         if support is not None:
             # Transport support (AcT §3.1): values outside the source range are left alone.
             inside = (acts > support[0]) & (acts < support[1])

@@ -133,12 +133,17 @@ class Steerer(nn.Module):
         src = self.as_store(model, source, sites, "source")
         tgt = self.as_store(model, target, sites, "target") if target is not None else None
         self._fit(model, src, tgt, sites)
+        self.record_provenance(model, sites, src.n, tgt.n if tgt is not None else 0, t0)
+        return self
+
+    def record_provenance(self, model: HookedTransformer, sites: list[Site], n_source: int,
+                          n_target: int, t0: float) -> None:
+        """What this steerer was fitted on: checked on load and on attach."""
         self.provenance = {
             "model": model_info(model).to_dict(), "sites": [str(s) for s in sites],
             "widths": {str(s): s.width(model) for s in sites}, "pool": self.pool,
-            "n_source": src.n, "n_target": tgt.n if tgt is not None else 0,
+            "n_source": n_source, "n_target": n_target,
             "fit_seconds": time.perf_counter() - t0, "versions": versions()}
-        return self
 
     def as_store(self, model: HookedTransformer, data, sites: list[Site],
                  role: str) -> ActivationStore:

@@ -91,7 +91,7 @@ def _compose(model: HookedTransformer, steerers: tuple,
         for site in steerer.sites:
             if site.point.startswith("resid_"):
                 _fold_resid(model, site, None, None)
-            if steerer.support(site) is not None:
+            if steerer.transport_support(site) is not None:
                 raise SteerError(f"{site}: {steerer.method} has a transport support (lo < z < hi), "
                                  f"so its map is piecewise and cannot be folded; {_KEEP_HOOK}")
             scale, shift = _unit_map(steerer, site, lam, site.width(model))
