@@ -67,6 +67,26 @@ def model_info(model: HookedTransformer) -> ModelInfo:
     )
 
 
+def check_provenance(recorded: dict, widths: dict[str, int], model: HookedTransformer,
+                     what: str, verb: str, error: type[Exception]) -> None:
+    """Refuse ``model`` unless it is the one ``what`` was ``verb`` on: same name, same weight
+    processing (statistics live in that basis), same width at every site."""
+    from .sites import Site
+
+    info = model_info(model)
+    if info.name != recorded["name"]:
+        raise error(f"{what} was {verb} on {recorded['name']!r}; it cannot be used with "
+                    f"{info.name!r}")
+    if info.weight_processing != recorded["weight_processing"]:
+        raise error(f"{what} was {verb} with weight processing {recorded['weight_processing']}, "
+                    f"this model has {info.weight_processing}; load models with "
+                    "steerinterp.load_model")
+    for site, width in widths.items():
+        have = Site.parse(site).width(model)
+        if have != width:
+            raise error(f"{what} has width {width} at {site}, the model has {have}")
+
+
 def _flags_of(model: HookedTransformer) -> dict:
     # A TL model loaded with processing has normalization_type "LNPre"/"RMSPre" (folded LN).
     folded = str(model.cfg.normalization_type).endswith("Pre")

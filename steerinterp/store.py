@@ -23,7 +23,7 @@ from transformer_lens import HookedTransformer
 
 from .io import (CorruptFileError, ensure_writable_dir, load_tensors, read_json, save_tensors,
                  versions, write_json)
-from .models import model_info
+from .models import check_provenance, model_info
 from .sites import Site
 
 FORMAT = "steerinterp.store/1"
@@ -100,20 +100,8 @@ class ActivationStore:
     # -- provenance ----------------------------------------------------------------------------
     def check_model(self, model: HookedTransformer) -> None:
         """Refuse a model other than the one this store was collected on."""
-        info = model_info(model)
-        mine = self.meta["model"]
-        if info.name != mine["name"]:
-            raise StoreError(f"store was collected on model {mine['name']!r}, "
-                             f"not on {info.name!r}")
-        if info.weight_processing != mine["weight_processing"]:
-            raise StoreError(f"store for {info.name!r} was collected with weight processing "
-                             f"{mine['weight_processing']}, but this model was loaded with "
-                             f"{info.weight_processing}; reload it with steerinterp.load_model")
-        for site in self.sites:
-            width = site.width(model)
-            if self.meta["widths"][str(site)] != width:
-                raise StoreError(f"site {site} has width {self.meta['widths'][str(site)]} in the "
-                                 f"store but {width} on this model")
+        check_provenance(self.meta["model"], self.meta["widths"], model, "store", "collected",
+                         StoreError)
 
     def summary(self) -> pd.DataFrame:
         """One row per site: width, rows, mean, std, mean |x|, and the count of NaN/inf values."""

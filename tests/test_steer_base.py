@@ -39,7 +39,7 @@ def test_empty_or_one_class(model):
 def test_stores_from_other_model_or_sites(model):
     other = tiny_model("gemma", seed=2)
     src = collect(other, SRC, "all.mlp_out", progress=False)
-    with pytest.raises(ValueError, match="collected on model 'tiny-gemma', not on 'tiny-gpt2'"):
+    with pytest.raises(ValueError, match="collected on 'tiny-gemma'; it cannot be used with 'tiny-gpt2'"):
         make("mean_shift", sites="all.mlp_out").fit(model, source=src, target=TGT)
     src = collect(model, SRC, "L0.mlp_out", progress=False)
     with pytest.raises(SteerError, match=r"source store lacks site\(s\) \['L1.mlp_out'\]"):
@@ -76,7 +76,7 @@ def test_unfitted_steerer_is_refused(model):
 
 
 def test_attach_to_other_model_or_width(fitted):
-    with pytest.raises(SteerError, match="fitted on 'tiny-gpt2'; it cannot steer 'tiny-gemma'"):
+    with pytest.raises(SteerError, match="fitted on 'tiny-gpt2'; it cannot be used with 'tiny-gemma'"):
         with steered(tiny_model("gemma"), fitted):
             pass
     wider = tiny_model("gpt2", d_model=64)  # same name, other width
@@ -104,7 +104,7 @@ def test_load_missing_or_corrupted_files(model, fitted, tmp_path):
 
 def test_load_checks_model(model, fitted, tmp_path):
     fitted.save(tmp_path / "s")
-    with pytest.raises(SteerError, match="cannot steer 'tiny-gemma'"):
+    with pytest.raises(SteerError, match="cannot be used with 'tiny-gemma'"):
         load_steerer(tmp_path / "s", tiny_model("gemma"))
     assert load_steerer(tmp_path / "s", model).provenance["n_source"] == 3
 

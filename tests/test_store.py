@@ -153,10 +153,10 @@ def test_corrupted_manifest_is_detected(tiny_gpt2, texts, tmp_path):
 
 def test_store_refuses_other_model(tiny_gpt2, tiny_gemma, texts, tmp_path):
     store = collect(tiny_gpt2, texts[:2], "L0.mlp_out", progress=False)
-    with pytest.raises(StoreError, match="collected on model 'tiny-gpt2', not on 'tiny-gemma'"):
+    with pytest.raises(StoreError, match="collected on 'tiny-gpt2'; it cannot be used with 'tiny-gemma'"):
         store.check_model(tiny_gemma)
     store.save(tmp_path / "s")
-    with pytest.raises(StoreError, match="not on 'tiny-gemma'"):
+    with pytest.raises(StoreError, match="cannot be used with 'tiny-gemma'"):
         ActivationStore.load(tmp_path / "s", tiny_gemma)
 
 

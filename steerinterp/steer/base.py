@@ -22,7 +22,7 @@ from torch import nn
 from transformer_lens import HookedTransformer
 
 from ..io import load_tensors, read_json, save_tensors, versions, write_json
-from ..models import model_info
+from ..models import check_provenance, model_info
 from ..sites import Site, default_sites, from_units, parse_sites, to_units
 from ..store import ActivationStore
 
@@ -208,20 +208,8 @@ class Steerer(nn.Module):
         """Refuse a model other than the one this steerer was fitted on."""
         if not self.fitted:
             raise SteerError(f"this {self.method} steerer is not fitted; call .fit() first")
-        info, mine = model_info(model), self.provenance["model"]
-        if info.name != mine["name"]:
-            raise SteerError(f"{self.method} steerer was fitted on {mine['name']!r}; it cannot "
-                             f"steer {info.name!r}")
-        if info.weight_processing != mine["weight_processing"]:
-            raise SteerError(f"{self.method} steerer was fitted with weight processing "
-                             f"{mine['weight_processing']}, this model has "
-                             f"{info.weight_processing}")
-        for site in self.sites:
-            width = site.width(model)
-            if width != self.provenance["widths"][str(site)]:
-                raise SteerError(f"{self.method} steerer has width "
-                                 f"{self.provenance['widths'][str(site)]} at {site}, the model "
-                                 f"has {width}")
+        check_provenance(self.provenance["model"], self.provenance["widths"], model,
+                         f"{self.method} steerer", "fitted", SteerError)
 
     # -- disk ------------------------------------------------------------------------------
     def extra_state(self) -> dict:
