@@ -21,6 +21,7 @@ METHODS = {
     "iti": {},
     "linear_act": {},
     "lineas": {"steps": 5},
+    "dsas": {"target_as_control": True, "threshold": 0.0},
 }
 SOURCE = ["you are a stupid idiot", "shut up you fool", "what a disgusting pig",
           "I hate you so much", "go away, loser", "this is garbage, moron"]

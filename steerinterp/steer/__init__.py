@@ -6,6 +6,7 @@
 
 from . import actadd  # noqa: F401  (registers the method)
 from . import aura  # noqa: F401  (registers the method)
+from . import dsas  # noqa: F401  (registers the method)
 from . import iti  # noqa: F401  (registers the method)
 from . import linear_act  # noqa: F401  (registers the method)
 from . import lineas  # noqa: F401  (registers the method)

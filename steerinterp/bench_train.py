@@ -1,0 +1,61 @@
+"""``steerinterp bench lineas``: the cost of one LinEAS training step against the model's own
+forward + backward on the same batch, measured in the same run."""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+from transformer_lens import HookedTransformer
+
+from .bench import _sync, machine
+from .data import length_match, load_texts
+from .sites import default_sites
+from .steer import make, steered
+from .tokens import pad_left, token_ids
+from .train import TrainSettings, train
+
+
+def _plain_step(model: HookedTransformer, ids: list[list[int]], stop: int) -> None:
+    """Forward through the same blocks and backward into the model's own weights (what one
+    fine-tuning step of the frozen part would cost)."""
+    batch = pad_left(model, ids, True)
+    out = model(batch.tokens, attention_mask=batch.attention_mask, stop_at_layer=stop)
+    out.float().pow(2).mean().backward()
+    model.zero_grad(set_to_none=True)
+
+
+def bench_lineas(model: HookedTransformer, n: int = 32, repeats: int = 5,
+                 max_tokens: int = 64) -> dict:
+    """Median seconds of one LinEAS step (steered forward with pooling, W2 loss, backward,
+    SGD + prox) vs plain forward + backward through the same blocks, interleaved."""
+    toxic, wiki = length_match(model, load_texts("toxic", n=n), load_texts("wiki_target", n=n))
+    sites = default_sites(model, "lineas")
+    lineas = make("lineas", steps=1, max_tokens=max_tokens).fit(model, source=toxic, target=wiki)
+    ids = token_ids(model, toxic, max_tokens)
+    from .collection import collect
+    target = collect(model, wiki, sites, max_tokens=max_tokens, progress=False)
+    stop = max(s.layer for s in sites) + 1
+    params = [p.requires_grad_(True) for p in lineas.tensors.values()]
+    settings = TrainSettings(steps=1, lr=0.1, batch_size=n)
+    times: dict[str, list[float]] = {"lineas_step": [], "forward_backward": []}
+    for _ in range(repeats):
+        _sync(str(model.cfg.device))
+        t0 = time.perf_counter()
+        with steered(model, lineas, strength=1.0):
+            train(model, params, ids, target, sites, settings, prox=lineas._prox)
+        _sync(str(model.cfg.device))
+        times["lineas_step"].append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        with torch.enable_grad():
+            _plain_step(model, ids, stop)
+        _sync(str(model.cfg.device))
+        times["forward_backward"].append(time.perf_counter() - t0)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return {"model": model.cfg.model_name, "device": str(model.cfg.device),
+            "machine": machine(str(model.cfg.device)), "n_source": n, "n_sites": len(sites),
+            "n_params": sum(p.numel() for p in params), "repeats": repeats,
+            **{f"{k}_s": v for k, v in med.items()},
+            "ratio": med["lineas_step"] / med["forward_backward"],
+            "est_1000_steps_min": med["lineas_step"] * 1000 / 60}

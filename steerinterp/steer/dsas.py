@@ -1,0 +1,402 @@
+"""DSAS: Dynamically Scaled Activation Steering (arXiv 2512.03661; METHODS.md §6).
+
+A combinator: it wraps any fitted steerer ``base`` with a per-token, per-site gate ``s(z)``,
+
+    z' = z + λ·s(z)·(base(z) − z),        s(z) = g(u·z + c) ∈ [0, 1],
+
+so steering acts where a token looks like the source concept and leaves control text alone.
+``base(z)`` is the base at strength 1, so for the affine methods ``z'`` is the base at strength
+``λ·s``; the strength range is the base's (``[0, 1]`` for maps, free for vector additions).
+
+Supported by the sources (third-party summaries and OpenReview reviews only; neither the paper
+text nor code was available): a source-vs-**control** logistic probe per site on token-averaged
+activations, PCA before it ("five PCs"), a 0.75 accuracy threshold, the probe applied per token
+to scale the base map, a global λ, "2d+2 FLOPs per token", ReLU and sigmoid gates, and E2E-DSAS
+(gates trained jointly with LinEAS plus a control-set regulariser).
+
+GUESS (our reconstruction; each choice is a config option or documented where made):
+
+* PCA on raw pooled activations, PCA scores standardised before the probe, all folded into one
+  ``(u, c)`` (``gate`` = ``σ(u·z + c)``, 2d+2 FLOPs); ``C`` is sklearn's L2 strength;
+* *held-out* accuracy on a seeded stratified split (``val_fraction``) decides ``active``; the
+  gate itself is refitted on all samples; inactive sites get ``s = 0`` exactly (no steering);
+* ``gate="relu"`` is ``clamp(u·z + c, 0, 1)``;
+* the gate reads the site's *incoming* activation, i.e. shaped by steering at earlier sites,
+  as inference sees it (also what :meth:`Dsas.scales` reports);
+* E2E: control term ``μ·Σ_ℓ mean_texts ‖ξ_ℓ(C) − η_ℓ(C)‖²`` added to LinEAS's W2 loss, one
+  learning rate for maps and gates, gates initialised from the probe, only active sites' gates
+  trained;
+* ``target_as_control=True`` lets two-set callers use the target set as control (not in the
+  paper, which has a separate neutral control set).
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+from jaxtyping import Float
+from sklearn.decomposition import PCA
+from sklearn.linear_model import LogisticRegression
+from transformer_lens import HookedTransformer
+
+from ..collection import collect, validate_lengths, validate_texts
+from ..sites import Site, to_units
+from ..store import ActivationStore
+from ..tokens import pad_left, token_ids
+from ..train import TrainSettings, pooled_forward, train
+from . import lineas as _lineas  # noqa: F401  (registers "lineas" for make())
+from .apply import steered
+from .base import REGISTRY, SteerConfig, Steerer, SteerError, make, register
+
+GATES = ("sigmoid", "relu")
+
+
+@dataclass(frozen=True)
+class DsasConfig(SteerConfig):
+    base: object = field(default=None, compare=False, repr=False)  # a Steerer; never saved here
+    base_method: str | None = None  # fitted on source/target when no base: mean_shift (e2e: lineas)
+    target_as_control: bool = False  # fit(source, target) with no control: use target as control
+    n_components: int = 5  # PCA components before the probe ("five PCs", review 4)
+    threshold: float = 0.75  # held-out probe accuracy below which a site's gate is 0
+    val_fraction: float = 0.25  # share of each class held out for that accuracy
+    C: float = 1.0  # inverse L2 regularisation of the logistic probe
+    seed: int = 0
+    gate: str = "sigmoid"  # "sigmoid": σ(u·z + c); "relu": clamp(u·z + c, 0, 1)
+    e2e: bool = False  # E2E-DSAS: train gates jointly with LinEAS maps
+    mu: float = 1.0  # E2E: weight of the control term
+    steps: int = 1000  # E2E: training steps (LinEAS's low-data default)
+    lr: float = 0.1  # E2E: learning rate (cosine-decayed), shared by gates and maps
+    minibatch: int = 32  # E2E: texts per step and per set
+
+    def __post_init__(self) -> None:
+        if self.gate not in GATES:
+            raise SteerError(f"unknown gate {self.gate!r}; use one of {', '.join(GATES)}")
+        if self.base is not None and not isinstance(self.base, Steerer):
+            raise SteerError(f"dsas base must be a fitted Steerer, got {type(self.base).__name__}")
+        if not 0 <= self.threshold <= 1 or not 0 < self.val_fraction < 1:
+            raise SteerError("dsas needs threshold in [0, 1] and val_fraction in (0, 1)")
+        if self.n_components < 1 or not self.C > 0 or self.mu < 0:
+            raise SteerError("dsas needs n_components >= 1, C > 0 and mu >= 0")
+        if self.steps < 1 or not self.lr > 0 or self.minibatch < 2:
+            raise SteerError("dsas needs steps >= 1, lr > 0 and minibatch >= 2")
+        if self.e2e and self.pool not in (None, "mean"):
+            raise SteerError("e2e dsas compares mean-pooled activations; leave pool unset")
+
+
+def _split(n_src: int, n_ctl: int, frac: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded stratified split of ``[source; control]`` rows into (fit, validation) indices."""
+    gen = torch.Generator().manual_seed(seed)
+    fit, val = [], []
+    for offset, n in ((0, n_src), (n_src, n_ctl)):
+        order = (torch.randperm(n, generator=gen) + offset).tolist()
+        k = min(max(1, math.ceil(frac * n)), n - 1)
+        val += order[:k]
+        fit += order[k:]
+    return np.array(fit), np.array(val)
+
+
+def _probe(x: np.ndarray, y: np.ndarray, n_components: int, C: float,
+           seed: int) -> tuple[np.ndarray, float, int]:
+    """PCA → standardised scores → logistic regression, folded into ``logit = u·x + c``."""
+    r = max(1, min(n_components, len(x) - 1, x.shape[1]))
+    pca = PCA(n_components=r, random_state=seed).fit(x)
+    scores = pca.transform(x)
+    sd = scores.std(0)
+    sd = np.where(sd > 1e-12, sd, 1.0)
+    clf = LogisticRegression(C=C, max_iter=5000, random_state=seed).fit(scores / sd, y)
+    u = pca.components_.T @ (clf.coef_[0] / sd)
+    return u, float(clf.intercept_[0] - pca.mean_ @ u), r
+
+
+def fit_gate(src: Float[torch.Tensor, "n d"], ctl: Float[torch.Tensor, "m d"],
+             n_components: int = 5, C: float = 1.0, val_fraction: float = 0.25,
+             seed: int = 0) -> tuple[torch.Tensor, float, dict]:
+    """``(u, c, stats)`` of a source(1)-vs-control(0) probe on pooled activations. ``stats``:
+    ``accuracy`` (held out), ``train_accuracy`` (final probe, all samples), ``n_components``."""
+    if min(len(src), len(ctl)) < 2:
+        raise SteerError("dsas needs at least 2 source and 2 control texts (one of each is "
+                         "held out to measure probe accuracy)")
+    x = torch.cat([src, ctl]).double().numpy()
+    y = np.r_[np.ones(len(src)), np.zeros(len(ctl))]
+    fit, val = _split(len(src), len(ctl), val_fraction, seed)
+    u_f, c_f, _ = _probe(x[fit], y[fit], n_components, C, seed)
+    accuracy = float(((x[val] @ u_f + c_f > 0) == y[val]).mean())
+    u, c, r = _probe(x, y, n_components, C, seed)
+    train_acc = float(((x @ u + c > 0) == y).mean())
+    return torch.from_numpy(u), c, {"accuracy": accuracy, "train_accuracy": train_acc,
+                                    "n_components": r}
+
+
+def _count(data) -> int:
+    return data.n if isinstance(data, ActivationStore) else len(data)
+
+
+@register
+class Dsas(Steerer):
+    """DSAS over a fitted ``base``: ``make("dsas", base=fitted).fit(model, source, control=...)``.
+
+    Without ``base``, ``fit`` first fits ``base_method`` (default ``mean_shift``; with
+    ``e2e=True`` fresh identity LinEAS maps) on ``source``/``target``. DSAS keeps its own copy of
+    the base; the base's tensors are saved in DSAS's state as ``base_<name>`` and its config in
+    ``config.json``, so ``load_steerer`` restores both (a loaded DSAS refits its base from
+    ``base_method`` if fitted again).
+    """
+
+    method = "dsas"
+    Config = DsasConfig
+
+    def __init__(self, config: DsasConfig | None = None) -> None:
+        config = config if config is not None else DsasConfig()
+        name = config.base_method or ("lineas" if config.e2e else "mean_shift")
+        if config.base is not None:
+            if config.base_method not in (None, config.base.method):
+                raise SteerError(f"base_method={config.base_method!r} contradicts the given "
+                                 f"{config.base.method} base")
+            name = config.base.method
+        if name not in REGISTRY or (config.e2e and name != "lineas"):
+            raise SteerError(f"dsas cannot use base method {name!r}"
+                             + (" (e2e trains lineas maps)" if config.e2e else ""))
+        super().__init__(dataclasses.replace(config, base=None, base_method=name))
+        self.base = copy.deepcopy(config.base) if config.base is not None else None
+        self._fits_base = config.base is None  # refit() fits a new base too
+        self.probe: dict[str, dict] = {}
+        self.loss_curve: list[dict] = []
+        self.check_strength(self.config.strength)  # now against the base's range
+
+    @property
+    def strength_range(self) -> tuple[float, float] | None:
+        base = self.__dict__.get("_modules", {}).get("base")
+        if base is not None:
+            return base.strength_range
+        rng = getattr(REGISTRY.get(self.config.base_method), "strength_range", None)
+        return None if isinstance(rng, property) else rng
+
+    # -- fitting -------------------------------------------------------------------------------
+    def fit(self, model: HookedTransformer, source, target=None, control=None) -> Dsas:
+        """Fit one gate per base site on ``source`` (1) vs ``control`` (0): texts or stores
+        pooled with ``pool`` (default mean). ``target`` fits the base when DSAS fits its own,
+        is E2E's LinEAS target, and is the control with ``target_as_control=True`` when no
+        ``control`` is given; otherwise it is unused."""
+        t0 = time.perf_counter()
+        control = self._control(source, target, control)
+        self.probe = {}
+        for key in list(self.tensors):
+            del self.tensors[key]
+        self._prepare_base(model, source, target)
+        sites = self.base.sites
+        src = self.as_store(model, source, sites, "source")
+        ctl = self.as_store(model, control, sites, "control")
+        if all(torch.equal(src[s], ctl[s]) for s in sites):
+            raise SteerError("dsas control activations are identical to the source's: the "
+                             "probe has nothing to separate")
+        for site in sites:
+            u, c, stats = fit_gate(src[site], ctl[site], self.config.n_components,
+                                   self.config.C, self.config.val_fraction, self.config.seed)
+            active = stats["accuracy"] >= self.config.threshold
+            self.probe[str(site)] = dict(stats, active=active)
+            self.set_tensor(site, "u", u if active else torch.zeros_like(u))
+            self.set_tensor(site, "c", torch.tensor(c if active else 0.0))
+        self._link_base()
+        n_target = _count(target) if target is not None else 0
+        self.record_provenance(model, sites, src.n, n_target, t0)
+        if self.config.e2e:
+            self._train_e2e(model, source, target, control, sites)
+            self.record_provenance(model, sites, src.n, n_target, t0)
+        self.provenance["n_control"] = ctl.n
+        return self
+
+    def _control(self, source, target, control):
+        if control is None and self.config.target_as_control:
+            control = target
+        if control is None:
+            raise SteerError("dsas needs a control set (neutral text the gate must leave "
+                             "alone): pass control=..., or make('dsas', target_as_control=True) "
+                             "to use the target set")
+        if _count(control) == 0:
+            raise SteerError("dsas control set is empty")
+        if all(isinstance(d, (list, tuple)) for d in (source, control)) \
+                and Counter(source) == Counter(control):
+            raise SteerError("dsas control texts are the same as the source texts: the probe "
+                             "has nothing to separate")
+        return control
+
+    def _prepare_base(self, model: HookedTransformer, source, target) -> None:
+        """Check the given base, or fit ``base_method`` (e2e: fresh identity LinEAS maps)."""
+        cfg = self.config
+        if self._fits_base:
+            opts = dict(sites=cfg.sites, max_tokens=cfg.max_tokens, batch_size=cfg.batch_size)
+            if not cfg.e2e:
+                self.base = make(cfg.base_method, **opts).fit(model, source, target)
+                return
+            self.base = make("lineas", steps=cfg.steps, lr=cfg.lr, minibatch=cfg.minibatch,
+                             seed=cfg.seed, **opts)
+            sites = self.base.resolve_sites(model)
+            for site in sites:
+                self.base.set_tensor(site, "omega", torch.ones(site.width(model)))
+                self.base.set_tensor(site, "bias", torch.zeros(site.width(model)))
+            self.base.record_provenance(model, sites, 0, 0, time.perf_counter())
+            return
+        if cfg.sites is not None:
+            raise SteerError("dsas steers its base's sites; do not pass sites= with a base")
+        if not self.base.fitted:
+            raise SteerError(f"the dsas base ({self.base.method}) is not fitted; fit it first")
+        try:
+            self.base.check_model(model)
+        except SteerError as err:
+            raise SteerError(f"dsas base: {err}") from None
+
+    def _link_base(self) -> None:
+        """Share the base's tensors as ``base_<name>`` so they save and load with DSAS's."""
+        for key in [k for k in self.tensors if "__base_" in k]:
+            del self.tensors[key]
+        for key, p in self.base.tensors.items():
+            prefix, name = key.rsplit("__", 1)
+            self.tensors[f"{prefix}__base_{name}"] = p
+
+    # -- E2E-DSAS ------------------------------------------------------------------------------
+    def _train_e2e(self, model: HookedTransformer, source, target, control,
+                   sites: list[Site]) -> None:
+        """Gates (from the probe fit) and LinEAS maps trained jointly: LinEAS's W2 loss plus
+        ``μ·Σ_ℓ mean_texts ‖ξ_ℓ(C) − η_ℓ(C)‖²`` [GUESS], ξ steered, η untouched (precomputed).
+        Only active sites' gates train; inactive sites stay off. LinEAS's prox (its ``gamma``)
+        applies to the maps."""
+        cfg = self.config
+        if target is None or any(isinstance(d, ActivationStore) for d in (source, control)):
+            raise SteerError("e2e dsas needs source and control texts (they run through the "
+                             "steered model) and a target set")
+        ids, ctl_ids = (self._ids(model, d) for d in (source, control))
+        tgt = self.as_store(model, target, sites, "target")
+        eta = collect(model, validate_texts(control), sites, pool="mean",
+                      max_tokens=cfg.max_tokens, batch_size=cfg.batch_size, progress=False)
+        eta = {s: eta[s].to(model.cfg.device) for s in sites}
+        gen = torch.Generator().manual_seed(cfg.seed + 1)
+        n_c = min(cfg.minibatch, len(ctl_ids))
+
+        def control_term() -> dict[str, torch.Tensor]:
+            idx = torch.randperm(len(ctl_ids), generator=gen)[:n_c]
+            xi = pooled_forward(model, [ctl_ids[i] for i in idx.tolist()], sites)
+            err = sum(((xi[s] - eta[s][idx.to(eta[s].device)]) ** 2).sum(-1).mean()
+                      for s in sites)
+            return {"control": cfg.mu * err}
+
+        self.to(model.cfg.device)
+        params = [self.base.tensor(s, n) for s in sites for n in ("omega", "bias")]
+        params += [self.tensor(s, n) for s in sites if self.probe[str(s)]["active"]
+                   for n in ("u", "c")]
+        for p in params:
+            p.requires_grad_(True)
+        settings = TrainSettings(steps=cfg.steps, lr=cfg.lr, batch_size=cfg.minibatch,
+                                 seed=cfg.seed)
+        try:
+            with steered(model, self, strength=1.0):
+                self.loss_curve = train(model, params, ids, tgt, sites, settings,
+                                        prox=getattr(self.base, "_prox", None),
+                                        extra_loss=control_term, desc="dsas-e2e")
+        finally:
+            for p in params:
+                p.requires_grad_(False)
+
+    def _ids(self, model: HookedTransformer, texts) -> list[list[int]]:
+        texts = validate_texts(texts)
+        ids = token_ids(model, texts, self.config.max_tokens)
+        validate_lengths(ids, texts, True, self.config.max_tokens)
+        return ids
+
+    # -- applying ------------------------------------------------------------------------------
+    def gate(self, acts: Float[torch.Tensor, "... d"], site: Site) -> Float[torch.Tensor, "..."]:
+        """Per-token scale ``s ∈ [0, 1]`` at ``site`` (0 everywhere at an inactive site)."""
+        if not self.probe.get(str(site), {}).get("active", False):
+            return acts.new_zeros(acts.shape[:-1])
+        logit = acts @ self.tensor(site, "u") + self.tensor(site, "c")
+        return torch.sigmoid(logit) if self.config.gate == "sigmoid" else logit.clamp(0.0, 1.0)
+
+    def steer(self, acts: Float[torch.Tensor, "... d"], site: Site,
+              strength: float | None = None) -> Float[torch.Tensor, "... d"]:
+        lam = self.check_strength(self.config.strength if strength is None else strength)
+        if lam == 0 or not self.probe.get(str(site), {}).get("active", False):
+            return acts.clone()
+        s = (lam * self.gate(acts, site)).unsqueeze(-1)
+        return acts + s * (self.base.steer(acts, site, 1.0) - acts)
+
+    # -- read-outs -----------------------------------------------------------------------------
+    @torch.no_grad()
+    def scales(self, model: HookedTransformer, texts, strength: float | None = None
+               ) -> pd.DataFrame:
+        """Per-token gates: columns ``example`` (index into ``texts``), ``position`` (token index
+        in the text, BOS included), ``token`` (decoded), ``site``, ``scale`` ∈ [0, 1].
+
+        Read as inference sees them: on each site's incoming activation during a run steered
+        by this DSAS at ``strength`` (default: the configured λ); ``strength=0`` reads the gates
+        on the untouched model."""
+        self.check_model(model)
+        ids = token_ids(model, validate_texts(texts), self.config.max_tokens)
+        rows, bs = [], self.config.batch_size
+        for start in range(0, len(ids), bs):
+            chunk = ids[start:start + bs]
+            batch = pad_left(model, chunk, skip_first=False)
+            seen: dict[Site, torch.Tensor] = {}
+
+            def record(site: Site):
+                def hook(acts, hook):
+                    seen[site] = self.gate(to_units(site, acts).float(), site).cpu()
+                return hook
+
+            rec = [(s.hook_name, record(s)) for s in self.sites]
+            with model.hooks(fwd_hooks=rec), steered(model, self, strength=strength):
+                model(batch.tokens, attention_mask=batch.attention_mask,
+                      stop_at_layer=max(s.layer for s in self.sites) + 1)
+            width = batch.tokens.shape[1]
+            for i, x in enumerate(chunk):
+                toks = [model.tokenizer.decode([t]) for t in x]
+                for site in self.sites:
+                    vals = seen[site][i, width - len(x):].tolist()
+                    rows += [{"example": start + i, "position": p, "token": toks[p],
+                              "site": str(site), "scale": v} for p, v in enumerate(vals)]
+        return pd.DataFrame(rows, columns=["example", "position", "token", "site", "scale"])
+
+    def probe_report(self) -> pd.DataFrame:
+        """Per site: ``site``, ``accuracy`` (held out), ``train_accuracy``, ``n_components``,
+        ``active`` (``accuracy >= threshold``)."""
+        return pd.DataFrame([{"site": k, **v} for k, v in self.probe.items()],
+                            columns=["site", "accuracy", "train_accuracy", "n_components",
+                                     "active"])
+
+    def loss_frame(self) -> pd.DataFrame:
+        """E2E training curve (``step``, ``lr``, ``loss``, ``w2``, ``control``)."""
+        return pd.DataFrame(self.loss_curve)
+
+    # -- disk ----------------------------------------------------------------------------------
+    def extra_state(self) -> dict:
+        b = self.base
+        return {"probe": self.probe, "loss_curve": self.loss_curve,
+                "base": {"method": b.method, "config": dataclasses.asdict(b.config),
+                         "provenance": b.provenance, "extra": b.extra_state()}}
+
+    def load_extra_state(self, state: dict) -> None:
+        """Rebuild the base from its saved config and the ``base_*`` tensors (loaded already)."""
+        for p in self.tensors.values():
+            # Fresh (aligned) memory: BLAS dot products over a view into the safetensors
+            # buffer can round differently, and loaded DSAS must give identical logits.
+            p.data = p.data.clone()
+        self.probe = {k: dict(v) for k, v in state.get("probe", {}).items()}
+        self.loss_curve = list(state.get("loss_curve", []))
+        info = state["base"]
+        cls = REGISTRY[info["method"]]
+        cfg = dict(info["config"])
+        if cfg.get("sites") is not None:
+            cfg["sites"] = tuple(cfg["sites"])
+        base = cls(cls.Config(**cfg))
+        for key, p in self.tensors.items():
+            if "__base_" in key:
+                prefix, name = key.split("__base_", 1)
+                base.tensors[f"{prefix}__{name}"] = p
+        base.provenance = info["provenance"]
+        base.load_extra_state(info.get("extra", {}))
+        self.base = base
