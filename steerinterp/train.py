@@ -36,6 +36,11 @@ class TrainSettings:
     batch_size: int = 32
     seed: int = 0
     skip_first: bool = True
+    # Weight each unit's W2² by 1 / (d·max(E[η²], 1)) (see standardising_weights) instead of the
+    # paper's plain sum: real models' activations span orders of magnitude across sites
+    # (gemma-3-270m: mean |x| from 0.5 at L0 to 110 at L17) and the plain sum at lr 0.1
+    # diverges on the first step there.
+    normalize: bool = True
 
 
 @contextmanager
@@ -71,10 +76,28 @@ def pooled_forward(model: HookedTransformer, ids: list[list[int]], sites: list[S
     return out
 
 
-def w2_loss(pooled: dict[Site, torch.Tensor], target: dict[Site, torch.Tensor]
-            ) -> dict[Site, torch.Tensor]:
-    """Per site: Σ over units of the squared W2 between the two pooled samples (LinEAS Δ)."""
-    return {site: w2_sorted(pooled[site], target[site]).sum() for site in pooled}
+def w2_loss(pooled: dict[Site, torch.Tensor], target: dict[Site, torch.Tensor],
+            weight: dict[Site, torch.Tensor] | None = None) -> dict[Site, torch.Tensor]:
+    """Per site: the squared W2 between the two pooled samples, summed over units (LinEAS Δ),
+    each unit's term multiplied by ``weight`` when given."""
+    if weight is None:
+        return {site: w2_sorted(pooled[site], target[site]).sum() for site in pooled}
+    return {site: (w2_sorted(pooled[site], target[site]) * weight[site]).sum()
+            for site in pooled}
+
+
+def standardising_weights(target: ActivationStore, sites: list[Site], device
+                          ) -> dict[Site, torch.Tensor]:
+    """``1 / (d · max(E[η²], 1))`` per unit (η: pooled target activations, d: site width).
+
+    The second-moment factor bounds each unit's curvature in both ω (∝ E[z²]) and b whatever the
+    site's activation scale; the 1/d makes each site's term a mean over its units, so the early
+    maps, whose gradient collects every later site's term, are not pushed d times too far."""
+    out = {}
+    for site in sites:
+        second_moment = target[site].double().pow(2).mean(0).clamp_min(1.0)
+        out[site] = (1.0 / (second_moment * second_moment.numel())).float().to(device)
+    return out
 
 
 def cosine_lr(lr: float, step: int, steps: int) -> float:
@@ -96,6 +119,8 @@ def train(model: HookedTransformer, params: list[torch.Tensor], source_ids: list
     gen = torch.Generator().manual_seed(settings.seed)
     n = min(settings.batch_size, len(source_ids), target.n)
     tgt_all = {s: target[s].to(model.cfg.device) for s in sites}
+    weight = (standardising_weights(target, sites, model.cfg.device) if settings.normalize
+              else None)
     curve = []
     bar = tqdm(range(settings.steps), desc=desc, disable=settings.steps < 2)
     with frozen(model), torch.enable_grad():
@@ -104,7 +129,7 @@ def train(model: HookedTransformer, params: list[torch.Tensor], source_ids: list
             tgt_idx = torch.randperm(target.n, generator=gen)[:n]
             pooled = pooled_forward(model, [source_ids[i] for i in src_idx], sites,
                                     settings.skip_first)
-            terms = w2_loss(pooled, {s: tgt_all[s][tgt_idx] for s in sites})
+            terms = w2_loss(pooled, {s: tgt_all[s][tgt_idx] for s in sites}, weight)
             extra = extra_loss() if extra_loss is not None else {}
             loss = sum(terms.values()) + sum(extra.values())
             _check_finite(step, loss, terms, extra)

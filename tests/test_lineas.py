@@ -21,7 +21,7 @@ def model():
 
 @pytest.fixture(scope="module")
 def fitted(model):
-    return make("lineas", steps=60, lr=0.1).fit(model, source=SRC, target=TGT)
+    return make("lineas", steps=60, lr=1.0).fit(model, source=SRC, target=TGT)
 
 
 def test_soft_threshold_closed_form():
@@ -40,7 +40,7 @@ def test_loss_falls(fitted):
     curve = fitted.loss_frame()
     assert len(curve) == 60 and {"step", "lr", "loss", "w2"} <= set(curve.columns)
     assert curve["loss"].iloc[-5:].mean() < 0.5 * curve["loss"].iloc[:3].mean()
-    assert curve["lr"].iloc[0] == pytest.approx(0.1) and curve["lr"].iloc[-1] < 0.001
+    assert curve["lr"].iloc[0] == pytest.approx(1.0) and curve["lr"].iloc[-1] < 0.01
 
 
 def test_moves_source_toward_target(model, fitted):
@@ -65,7 +65,7 @@ def test_large_gamma_gives_identity(model):
 
 
 def test_moderate_gamma_switches_whole_sites_off(model, fitted):
-    support = make("lineas", steps=60, lr=0.1, gamma=0.3).fit(
+    support = make("lineas", steps=60, lr=1.0, gamma=0.01).fit(
         model, source=SRC, target=TGT).support()["support"]
     assert (support == 0).any() and (support > 0).any()  # the group lasso selects sites
     assert support.mean() < fitted.support()["support"].mean()

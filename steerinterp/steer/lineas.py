@@ -8,8 +8,11 @@ SGD (cosine-decayed lr) with a sparse-group-lasso on the deviation from identity
 ``γ·Σ_ℓ [λ1(‖ω−1‖₁ + ‖b‖₁) + λG·√d_ℓ(‖ω−1‖₂ + ‖b‖₂)]``; γ > 0 switches whole sites off.
 
 Choices the paper leaves open (METHODS.md §11.4), all our reading: mean pooling; identity init;
-thresholds scaled by the current step size (standard proximal SGD); √d_ℓ group weight; Δ summed
-over units with the 1/n of the sample mean. Inference: ``z + λ(ω z + b − z)``, λ ∈ [0, 1].
+thresholds scaled by the current step size (standard proximal SGD); √d_ℓ group weight. Beyond
+the paper: by default (``normalize=True``) each unit's W2² is weighted by 1 / (d·max(E[η²], 1))
+(η: target activations, d: site width), a per-site mean with bounded curvature — the paper's plain sum (``normalize=False``)
+diverges at lr 0.1 on gemma-3-270m, whose post-norm activations range from ~0.5 to ~110 in
+magnitude across layers. Inference: ``z + λ(ω z + b − z)``, λ ∈ [0, 1].
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ class LineasConfig(SteerConfig):
     lambda_group: float = 1.0
     minibatch: int = 32  # source and target samples per step (equal: W2 pairs them)
     seed: int = 0
+    normalize: bool = True  # unit terms ÷ (d·max(E[target²], 1)): lr 0.1 stays stable
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.lr <= 0 or self.minibatch < 2:
@@ -78,7 +82,8 @@ class Lineas(AffineSteerer):
         self.record_provenance(model, sites, len(texts), tgt.n, t0)  # steered() needs it
         self.to(model.cfg.device)
         settings = TrainSettings(steps=self.config.steps, lr=self.config.lr,
-                                 batch_size=self.config.minibatch, seed=self.config.seed)
+                                 batch_size=self.config.minibatch, seed=self.config.seed,
+                                 normalize=self.config.normalize)
         with steered(model, self, strength=1.0):
             self.loss_curve = train(model, list(self.tensors.values()), ids, tgt, sites,
                                     settings, prox=self._prox, desc="lineas")
