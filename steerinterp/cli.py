@@ -113,6 +113,67 @@ def bench_collect_cmd(
         write_json(out, result)
 
 
+@bench_app.command(name="steer")
+def bench_steer_cmd(
+    model: str = MODEL,
+    n_fit: int = typer.Option(32, help="Length-matched toxic/Wikipedia texts (pairs) per fit."),
+    prompts: int = typer.Option(4, help="toxic_prompts in the generation batch."),
+    new_tokens: int = typer.Option(32, help="Greedy tokens generated per prompt."),
+    repeats: int = typer.Option(3, help="Timed rounds per method (median kept)."),
+    methods: str = typer.Option(None, help="Comma-separated methods (default: all)."),
+    device: str = DEVICE,
+    out: Path = typer.Option(None, help="Also write the rows as JSON here (and CSV beside it)."),
+) -> None:
+    """Generation throughput steered vs unsteered vs folded, per method (ratios, fit time)."""
+    from .bench_steer import bench_steer, summarize_steer
+
+    m = _load(model, device)
+    df = bench_steer(m, methods=methods.split(",") if methods else None, n_fit=n_fit,
+                     n_prompts=prompts, new_tokens=new_tokens, repeats=repeats)
+    first = df.iloc[0]
+    _print_frame(summarize_steer(df),
+                 f"bench steer: {first.model}, {prompts} prompts × {new_tokens} new tokens, "
+                 f"greedy, KV cache, median of {repeats} — {first.machine}")
+    if out is not None:
+        from .io import write_json
+        write_json(out, df.astype(object).where(df.notna(), None).to_dict(orient="records"))
+        df.to_csv(Path(out).with_suffix(".csv"), index=False)
+
+
+@bench_app.command(name="auroc")
+def bench_auroc_cmd(
+    model: str = MODEL, n: int = typer.Option(256, help="Texts per class (toxic, Wikipedia)."),
+    subset: int = typer.Option(1024, help="Units the sklearn loop runs on (extrapolated)."),
+    repeats: int = typer.Option(3), device: str = DEVICE,
+    out: Path = typer.Option(None, help="Also write the result as JSON here."),
+) -> None:
+    """metrics.auroc over every MLP unit vs a per-unit sklearn roc_auc_score loop (ratio)."""
+    from .bench_steer import bench_auroc
+
+    m = _load(model, device)
+    result = bench_auroc(m, n=n, subset=subset, repeats=repeats)
+    _print_dict(result, "bench auroc")
+    if out is not None:
+        from .io import write_json
+        write_json(out, result)
+
+
+@bench_app.command(name="lineas")
+def bench_lineas_cmd(
+    model: str = MODEL, n: int = typer.Option(32, help="Source (= target) texts per step."),
+    repeats: int = typer.Option(5), device: str = DEVICE,
+    out: Path = typer.Option(None, help="Also write the result as JSON here."),
+) -> None:
+    """One LinEAS training step vs the model's own forward + backward on the same batch."""
+    from .bench_train import bench_lineas
+
+    result = bench_lineas(_load(model, device), n=n, repeats=repeats)
+    _print_dict(result, "bench lineas")
+    if out is not None:
+        from .io import write_json
+        write_json(out, result)
+
+
 def _print_frame(df, title: str) -> None:
     table = Table(title=title)
     for col in df.columns:
