@@ -39,7 +39,11 @@ demo: cache
 	$(BIN)/steerinterp demo
 
 bench: cache
-	$(BIN)/steerinterp bench collect
+	mkdir -p results
+	$(BIN)/steerinterp bench collect --out results/bench_collect.json
+	$(BIN)/steerinterp bench steer --out results/bench_steer.json
+	$(BIN)/steerinterp bench auroc --out results/bench_auroc.json
+	$(BIN)/steerinterp bench lineas --out results/bench_lineas.json
 
 clean:
 	rm -rf $(VENV) results

@@ -58,3 +58,22 @@ def test_demo_prints_a_real_comparison(tmp_path):
     assert result.exit_code == 0, result.output
     assert "L1.ln2" in result.output and "mean_abs_d" in result.output
     assert (tmp_path / "tiny-gpt2" / "toxic-6" / "meta.json").exists()
+
+
+def test_bench_steer_auroc_lineas_on_tiny_model(tmp_path):
+    out = tmp_path / "steer.json"
+    result = runner.invoke(app, ["bench", "steer", "--model", "tiny-gemma", "--n-fit", "4",
+                                 "--prompts", "2", "--new-tokens", "3", "--repeats", "1",
+                                 "--methods", "aura,mean_shift", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(out.read_text())
+    rows = rows["rows"] if isinstance(rows, dict) else rows
+    assert {r["method"] for r in rows} == {"aura", "mean_shift"}
+    result = runner.invoke(app, ["bench", "auroc", "--model", "tiny-gemma", "--n", "8",
+                                 "--out", str(tmp_path / "auroc.json")])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "auroc.json").read_text())["max_abs_diff"] < 1e-6
+    result = runner.invoke(app, ["bench", "lineas", "--model", "tiny-gemma", "--n", "4",
+                                 "--repeats", "1", "--out", str(tmp_path / "lineas.json")])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "lineas.json").read_text())["ratio"] > 0
