@@ -12,7 +12,7 @@ from transformer_lens import HookedTransformer
 
 from .io import ensure_writable_dir, fingerprint, load_tensors, read_json, save_tensors, write_json
 from .sites import Site, parse_sites, to_units
-from .store import (_LENGTHS, _TOKENS, FORMAT, POOLS, ActivationStore, StoreError, _split_rows,
+from .store import (_LENGTHS, _TOKENS, FORMAT, POOLS, ActivationStore, StoreError, split_rows,
                     build_meta)
 from .tokens import Batch, pad_left, token_ids
 
@@ -117,7 +117,7 @@ def _in_memory(meta: dict, sites: list[Site], pool: str, batches: list[list[int]
     for key in keys:
         parts = []
         for examples, shard in zip(batches, shards):
-            parts.extend(zip(examples, _split_rows(shard, key, pool)))
+            parts.extend(zip(examples, split_rows(shard, key, pool)))
         parts.sort(key=lambda p: p[0])
         acts[key] = torch.cat([t for _, t in parts])
     store._acts = {Site.parse(k) if not k.startswith("__") else k: v for k, v in acts.items()}

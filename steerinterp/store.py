@@ -164,13 +164,13 @@ class ActivationStore:
                                    f"activation store shard ({self.path})")
             if key not in tensors:
                 raise CorruptFileError(f"shard {shard['file']} of {self.path} lacks {key}")
-            chunks = _split_rows(tensors, key, self.pool)
+            chunks = split_rows(tensors, key, self.pool)
             parts.extend(zip(shard["examples"], chunks))
         parts.sort(key=lambda p: p[0])
         return torch.cat([t for _, t in parts]) if parts else torch.empty(0)
 
 
-def _split_rows(tensors: dict[str, torch.Tensor], key: str, pool: str) -> list[torch.Tensor]:
+def split_rows(tensors: dict[str, torch.Tensor], key: str, pool: str) -> list[torch.Tensor]:
     """Rows of one shard split per text (per-token stores hold several rows per text)."""
     x = tensors[key]
     if pool != "none" or key == _LENGTHS:
