@@ -1,0 +1,56 @@
+"""Shared figure conventions: one style, and ``save_figure`` writing PNG + the CSV behind it."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # figures are files first; notebooks switch back with %matplotlib inline
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from ..io import ensure_writable_dir  # noqa: E402
+
+STYLE = {
+    "figure.dpi": 110, "savefig.dpi": 160, "savefig.bbox": "tight",
+    "font.size": 10, "axes.titlesize": 11, "axes.labelsize": 10, "legend.fontsize": 9,
+    "axes.spines.top": False, "axes.spines.right": False, "axes.grid": True,
+    "grid.alpha": 0.3,
+}
+
+
+def figure(nrows: int = 1, ncols: int = 1, size: tuple[float, float] = (6.0, 4.0), **kw):
+    """``plt.subplots`` under the house style; returns ``(fig, axes)``."""
+    with plt.rc_context(STYLE):
+        return plt.subplots(nrows, ncols, figsize=size, **kw)
+
+
+def save_figure(fig, data: pd.DataFrame, name: str, folder: str | os.PathLike = "figures",
+                close: bool = True) -> Path:
+    """Write ``folder/name.png`` and ``folder/name.csv`` (the frame it was drawn from).
+
+    Both files are written to a temporary name and renamed, so a crash never leaves a
+    half-written figure next to a stale CSV. Returns the PNG path.
+    """
+    folder = ensure_writable_dir(Path(folder))
+    png, csv = folder / f"{name}.png", folder / f"{name}.csv"
+    for path, write in ((csv, lambda p: data.to_csv(p, index=False)),
+                        (png, lambda p: fig.savefig(p, format="png", **_save_kw()))):
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            write(tmp)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    if close:
+        plt.close(fig)
+    return png
+
+
+def _save_kw() -> dict:
+    return {"dpi": STYLE["savefig.dpi"], "bbox_inches": "tight"}
