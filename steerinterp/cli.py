@@ -7,6 +7,7 @@ import os
 import sys
 from pathlib import Path
 
+import click
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -174,6 +175,24 @@ def bench_lineas_cmd(
         write_json(out, result)
 
 
+@bench_app.command(name="generate")
+def bench_generate_cmd(
+    model: str = MODEL, prompts: int = typer.Option(8, help="toxic_prompts in the batch."),
+    new_tokens: int = typer.Option(32, help="Greedy tokens generated per prompt."),
+    repeats: int = typer.Option(3), device: str = DEVICE,
+    out: Path = typer.Option(None, help="Also write the result as JSON here."),
+) -> None:
+    """The project's KV-cached decode loop vs TransformerLens ``generate`` (same tokens)."""
+    from .bench_generate import bench_generate
+
+    result = bench_generate(_load(model, device), n_prompts=prompts, new_tokens=new_tokens,
+                            repeats=repeats)
+    _print_dict(result, "bench generate")
+    if out is not None:
+        from .io import write_json
+        write_json(out, result)
+
+
 def _print_frame(df, title: str) -> None:
     table = Table(title=title)
     for col in df.columns:
@@ -190,5 +209,26 @@ def _print_dict(d: dict, title: str) -> None:
     console().print(table)
 
 
+USER_ERRORS = (ValueError, TypeError, FileNotFoundError, PermissionError, KeyError)
+
+
+def main() -> None:
+    """Console entry point: mistakes in the input (bad options, files, steerers for another
+    model...) print one line naming the problem instead of a traceback; exit status 2."""
+    try:
+        rc = app(standalone_mode=False)
+    except USER_ERRORS as err:
+        console().print(f"[red]error:[/red] {err}", highlight=False)
+        raise SystemExit(2) from None
+    except click.exceptions.Abort:
+        raise SystemExit(130) from None
+    except click.exceptions.ClickException as err:
+        err.show()
+        raise SystemExit(err.exit_code) from None
+    raise SystemExit(rc if isinstance(rc, int) else 0)
+
+
+from . import cli_eval  # noqa: E402,F401  (fit, generate, evaluate, calibrate, sweep, run)
+
 if __name__ == "__main__":
-    app()
+    main()

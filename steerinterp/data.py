@@ -358,3 +358,20 @@ def length_match(tokenizer, source: list[str], target: list[str]) -> tuple[list[
         out_s.append(_cut(tok, a, m) if len(a) > m else s)
         out_t.append(_cut(tok, b, m) if len(b) > m else t)
     return out_s, out_t
+
+
+def load_prompts(name: str | os.PathLike, n: int | None = None, seed: int = 0) -> list[str]:
+    """Prompts for generation: like :func:`load_texts`, but a ``.txt`` file with empty or
+    whitespace-only lines is an error (each line is one prompt, so a blank line is a mistake,
+    not a separator) that names the lines."""
+    p = Path(str(name))
+    if p.suffix.lower() == ".txt" and p.is_file():
+        lines = p.read_text(encoding="utf-8").splitlines()
+        blank = [i for i, line in enumerate(lines, 1) if not line.strip()]
+        if blank and len(blank) == len(lines):
+            raise ValueError(f"prompts file {str(p)!r} has no prompts (only whitespace)")
+        if blank:
+            shown = ", ".join(map(str, blank[:10])) + (" …" if len(blank) > 10 else "")
+            raise ValueError(f"prompts file {str(p)!r} has empty or whitespace-only lines "
+                             f"({shown}); every line is one prompt, remove them")
+    return load_texts(name, n=n, seed=seed)

@@ -58,6 +58,35 @@ def write_json(path: Path, obj: Any) -> None:
     _atomic(path, write)
 
 
+def write_text(path: Path, text: str) -> None:
+    """Atomically write a text file (reports, Markdown)."""
+    def write(tmp: str) -> None:
+        Path(tmp).write_text(text)
+    _atomic(path, write)
+
+
+def write_csv(path: Path, frame) -> None:
+    """Atomically write a pandas DataFrame as CSV (no index)."""
+    _atomic(path, lambda tmp: frame.to_csv(tmp, index=False))
+
+
+def read_csv(path: Path, what: str, columns: tuple[str, ...] = ()):
+    """Read a CSV written by :func:`write_csv`, naming ``what`` if it is damaged."""
+    import pandas as pd
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{what}: {path} does not exist")
+    try:
+        frame = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise CorruptFileError(f"{what}: {path} is corrupted ({err})") from err
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise CorruptFileError(f"{what}: {path} lacks column(s) {missing}")
+    return frame
+
+
 def read_json(path: Path, what: str) -> dict:
     """Read JSON written by :func:`write_json`; name ``what`` in the error if it is damaged."""
     path = Path(path)

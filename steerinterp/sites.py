@@ -215,3 +215,29 @@ def default_sites(model: HookedTransformer, method: str) -> list[Site]:
     points = _DEFAULTS[_METHOD_GROUP[method]][architecture_family(model)]
     # Forward-pass order, which causal (layer-by-layer) estimation relies on.
     return sorted(s for p in points for s in all_layers(model, p))
+
+
+def site_spec(sites: list[Site], n_layers: int | None = None) -> str:
+    """The compact spec :func:`parse_sites` reads back: ``"all.mlp_out,L3-5.attn_out"``.
+
+    Points are listed in first-seen order; a point present at every one of ``n_layers`` layers
+    is written ``all.X``, otherwise runs of consecutive layers become ``L<a>-<b>.X``.
+    """
+    by_point: dict[str, list[int]] = {}
+    for s in sites:
+        by_point.setdefault(s.point, []).append(s.layer)
+    parts = []
+    for point, layers in by_point.items():
+        layers = sorted(set(layers))
+        if n_layers is not None and layers == list(range(n_layers)):
+            parts.append(f"all.{point}")
+            continue
+        start = prev = layers[0]
+        for layer in [*layers[1:], None]:
+            if layer is not None and layer == prev + 1:
+                prev = layer
+                continue
+            parts.append(f"L{start}.{point}" if start == prev else f"L{start}-{prev}.{point}")
+            if layer is not None:
+                start = prev = layer
+    return ",".join(parts)

@@ -1,0 +1,105 @@
+"""Generation benchmark: TransformerLens ``generate`` vs :func:`~steerinterp.evaluate.generation.
+decode` (greedy, KV cache) on the same left-padded batches.
+
+As in :mod:`steerinterp.bench`, the number to read is the ratio measured in the same run: the two
+loops are interleaved (order alternating each round) and medians kept. CPU seconds are reported
+too: CPU / wall well under the thread count means other work shared the machine.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from contextlib import contextmanager
+
+import pandas as pd
+import torch
+from transformer_lens import HookedTransformer
+
+from .bench import _sync, machine
+from .data import load_texts
+from .evaluate.generation import GenerationSettings, decode, unembed_weight
+from .tokens import pad_left, token_ids
+
+
+@contextmanager
+def _left_padding(model: HookedTransformer):
+    # TL's generate infers the attention mask of a token batch from the tokenizer's side
+    side = model.tokenizer.padding_side
+    model.tokenizer.padding_side = "left"
+    try:
+        yield
+    finally:
+        model.tokenizer.padding_side = side
+
+
+@torch.inference_mode()
+def _tl(model: HookedTransformer, batches, new_tokens: int) -> list[torch.Tensor]:
+    with _left_padding(model):
+        return [model.generate(b.tokens, max_new_tokens=new_tokens, do_sample=False,
+                               use_past_kv_cache=True, stop_at_eos=False,
+                               verbose=False)[:, b.tokens.shape[1]:] for b in batches]
+
+
+def _ours(model: HookedTransformer, batches, settings: GenerationSettings) -> list[torch.Tensor]:
+    w_t = unembed_weight(model)  # what generate() does: once per call
+    return [decode(model, b.tokens, b.attention_mask, settings, unembed=w_t)[0]
+            for b in batches]
+
+
+def bench_generate(model: HookedTransformer, n_prompts: int = 8, new_tokens: int = 32,
+                   repeats: int = 3, batch_size: int = 16, seed: int = 0) -> dict:
+    """Greedy throughput of TL ``generate`` and our loop on ``n_prompts`` built-in toxic prompts.
+
+    Prompts are batched longest first (``batch_size`` per batch, left-padded), each generates
+    exactly ``new_tokens`` (no EOS stop). One untimed warm-up of each loop, then ``repeats``
+    timed rounds. ``tok_per_s`` = new tokens / median wall seconds (prefill included);
+    ``ratio`` = TL seconds / ours. ``identical`` says whether every greedy token agreed
+    (``n_differ`` counts those that did not): reported, never raised.
+    """
+    device = str(model.cfg.device)
+    prompts = load_texts("toxic_prompts", n=n_prompts, seed=seed)
+    ids = sorted(token_ids(model, prompts, 64), key=len, reverse=True)
+    batches = [pad_left(model, ids[i:i + batch_size], skip_first=False)
+               for i in range(0, len(ids), batch_size)]
+    settings = GenerationSettings(max_new_tokens=new_tokens, temperature=0.0, samples=1,
+                                  batch_size=batch_size)
+    runs = {"tl": lambda: _tl(model, batches, new_tokens),
+            "ours": lambda: _ours(model, batches, settings)}
+    outputs = {k: fn() for k, fn in runs.items()}  # warm-up, and the tokens to compare
+    wall: dict[str, list[float]] = {k: [] for k in runs}
+    cpu: dict[str, list[float]] = {k: [] for k in runs}
+    for rep in range(repeats):
+        for k in (list(runs) if rep % 2 == 0 else list(runs)[::-1]):
+            _sync(device)
+            c0, t0 = time.process_time(), time.perf_counter()
+            runs[k]()
+            _sync(device)
+            wall[k].append(time.perf_counter() - t0)
+            cpu[k].append(time.process_time() - c0)
+    n_new = len(ids) * new_tokens
+    n_differ = sum(int((a != b).sum()) for a, b in zip(outputs["tl"], outputs["ours"]))
+    med = {k: statistics.median(v) for k, v in wall.items()}
+    return {
+        "model": model.cfg.model_name, "device": device, "machine": machine(device),
+        "n_prompts": len(ids), "batch_size": batch_size,
+        "prompt_tokens": [b.tokens.shape[1] for b in batches], "new_tokens": new_tokens,
+        "repeats": repeats,
+        **{f"{k}_s": med[k] for k in runs},
+        **{f"{k}_tok_per_s": n_new / med[k] for k in runs},
+        **{f"{k}_cpu_s": statistics.median(cpu[k]) for k in runs},
+        "ratio": med["tl"] / med["ours"],
+        "identical": n_differ == 0, "n_differ": n_differ, "n_new_tokens": n_new,
+        "wall_runs": wall, "cpu_runs": cpu,
+    }
+
+
+def generate_table(result: dict) -> pd.DataFrame:
+    """The :func:`bench_generate` result as one row per loop."""
+    names = {"tl": "TransformerLens generate", "ours": "steerinterp decode"}
+    return pd.DataFrame([{
+        "loop": label, "tok_per_s": result[f"{k}_tok_per_s"], "median_s": result[f"{k}_s"],
+        "cpu_s": result[f"{k}_cpu_s"], "cpu_per_wall": result[f"{k}_cpu_s"] / result[f"{k}_s"],
+        "speedup_vs_tl": result["tl_s"] / result[f"{k}_s"],
+        "identical_tokens": result["identical"],
+    } for k, label in names.items()])

@@ -1,0 +1,213 @@
+"""``steerinterp fit | generate | evaluate | sweep | calibrate | run``: the evaluation half of
+the command line (registered on :data:`steerinterp.cli.app`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from .cli import DEVICE, MODEL, _load, _print_dict, _print_frame, app, console
+
+SRC = "a built-in set (builtin:toxic; see `steerinterp sets`) or a .txt / .jsonl file"
+STEERER = typer.Option(None, "--steerer", "-s",
+                       help="A fitted steerer directory (from `steerinterp fit`); repeat to "
+                            "compose several, applied in the order given.")
+STRENGTH = typer.Option(None, help="Strength λ for every steerer (default: each one's own, "
+                                   "usually 1). Must lie in the method's range.")
+SEED = typer.Option(0, help="Seed: which texts are drawn, and the per-prompt sampling seeds.")
+
+
+def _steerers(model, paths: list[Path] | None):
+    from .steer import load_steerer
+
+    return tuple(load_steerer(p, model) for p in (paths or []))
+
+
+def _check_strength(steerers, strength: float | None) -> None:
+    for s in steerers:
+        if strength is not None:
+            s.check_strength(strength)
+
+
+@app.command()
+def fit(
+    method: str = typer.Argument(..., help="Method name: aura, det0, damp, actadd, mean_shift, "
+                                           "iti, linear_act, lineas, dsas."),
+    source: str = typer.Option(..., help=f"Texts with the behaviour to remove: {SRC}."),
+    target: str = typer.Option(None, help=f"Texts with the behaviour wanted: {SRC}."),
+    control: str = typer.Option(None, help=f"DSAS only: neutral texts the gates should leave "
+                                           f"alone: {SRC}."),
+    base: Path = typer.Option(None, help="DSAS only: a fitted steerer directory to gate "
+                                         "(default: DSAS fits its own base_method)."),
+    sites: str = typer.Option(None, help="Sites, e.g. 'all.mlp_out,L3-5.attn_out' (default: "
+                                         "the method's defaults for this model)."),
+    n: int = typer.Option(None, help="Texts drawn from each set (default: all)."),
+    option: list[str] = typer.Option(None, "--option", "-O",
+                                     help="Method option KEY=VALUE, e.g. -O steps=200 "
+                                          "(see the method's Config)."),
+    match_lengths: bool = typer.Option(True, help="Length-match source and target."),
+    out: Path = typer.Option(..., "--out", "-o", help="Directory for the fitted steerer."),
+    seed: int = SEED, model: str = MODEL, device: str = DEVICE,
+) -> None:
+    """Fit a steering METHOD from source (and target / control) texts and save it."""
+    from .data import length_match, load_texts
+    from .io import ensure_writable_dir
+    from .steer import load_steerer, make
+
+    ensure_writable_dir(out.parent if out.parent != Path("") else Path("."))
+    m = _load(model, device)
+    opts = _options(option)
+    if sites:
+        opts["sites"] = sites
+    if base is not None:
+        opts["base"] = load_steerer(base, m)
+    src = load_texts(source, n=n, seed=seed)
+    tgt = load_texts(target, n=n, seed=seed) if target else None
+    if tgt is not None and match_lengths:
+        src, tgt = length_match(m, src, tgt)
+    steerer = make(method, **opts)
+    if method == "dsas":
+        ctl = load_texts(control, n=n, seed=seed) if control else None
+        steerer.fit(m, src, tgt, control=ctl)
+    else:
+        steerer.fit(m, src, tgt)
+    steerer.save(out)
+    prov = steerer.provenance
+    _print_dict({"method": method, "sites": len(steerer.sites), "n_source": prov["n_source"],
+                 "n_target": prov["n_target"], "fit_seconds": prov["fit_seconds"],
+                 "saved": str(out)}, f"fitted {method} on {m.cfg.model_name}")
+
+
+def _options(items: list[str] | None) -> dict:
+    import json
+
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise typer.BadParameter(f"--option {item!r} is not KEY=VALUE")
+        key, value = item.split("=", 1)
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value  # a bare string, e.g. gate=relu
+    return out
+
+
+def _generation_settings(preset: str, samples, new_tokens, seed, batch_size):
+    from .evaluate.generation import settings_for
+
+    over = {k: v for k, v in {"samples": samples, "max_new_tokens": new_tokens,
+                              "batch_size": batch_size}.items() if v is not None}
+    return settings_for(preset, seed=seed, **over)
+
+
+PRESET = typer.Option("default", help="Sampling preset: default (20 tokens, 2 samples, top-p "
+                                      "0.9), act (AcT protocol: 32 tokens, top-p 0.3, "
+                                      "repetition penalty 1.2), greedy.")
+SAMPLES = typer.Option(None, help="Continuations per prompt (overrides the preset).")
+NEW_TOKENS = typer.Option(None, help="New tokens per continuation (overrides the preset).")
+BATCH = typer.Option(None, help="Prompts per generation batch (overrides the preset).")
+
+
+@app.command()
+def generate(
+    prompts: str = typer.Option(..., help=f"Prompts: {SRC}. Every line of a .txt is a prompt."),
+    n: int = typer.Option(None, help="Prompts drawn (default: all)."),
+    steerer: list[Path] = STEERER, strength: float = STRENGTH,
+    preset: str = PRESET, samples: int = SAMPLES, new_tokens: int = NEW_TOKENS,
+    batch_size: int = BATCH,
+    score: bool = typer.Option(True, help="Score continuations with the Jigsaw classifier."),
+    out: Path = typer.Option(None, "--out", "-o", help="Write the samples as JSONL here."),
+    seed: int = SEED, model: str = MODEL, device: str = DEVICE,
+) -> None:
+    """Sample continuations of prompts under the given steerers (paired seeds per prompt)."""
+    from .data import load_prompts
+    from .evaluate.generation import generate as gen
+    from .evaluate.generation import save_generations
+    from .evaluate.scorers import load_scorer
+    from .io import ensure_writable_dir
+
+    if out is not None:
+        ensure_writable_dir(out.parent)
+    texts = load_prompts(prompts, n=n, seed=seed)
+    m = _load(model, device)
+    steerers = _steerers(m, steerer)
+    _check_strength(steerers, strength)
+    settings = _generation_settings(preset, samples, new_tokens, seed, batch_size)
+    df = gen(m, texts, *steerers, strength=strength, settings=settings,
+             scorer=load_scorer("jigsaw", device=m.cfg.device) if score else None)
+    if out is not None:
+        save_generations(df, out)
+    cols = [c for c in ("prompt_id", "sample", "score", "continuation") if c in df.columns]
+    _print_frame(df[cols].head(20), f"{len(df)} continuations" + (f" -> {out}" if out else ""))
+
+
+@app.command()
+def evaluate(
+    prompts: str = typer.Option("builtin:toxic_prompts", help=f"Held-out prompts: {SRC}."),
+    ppl_texts: str = typer.Option("builtin:wiki_ppl", help=f"Perplexity texts: {SRC}."),
+    n_prompts: int = typer.Option(100, help="Prompts drawn."),
+    n_ppl: int = typer.Option(100, help="Perplexity texts drawn."),
+    steerer: list[Path] = STEERER, strength: float = STRENGTH,
+    preset: str = PRESET, samples: int = SAMPLES, new_tokens: int = NEW_TOKENS,
+    batch_size: int = BATCH,
+    baseline: bool = typer.Option(True, help="Also evaluate the unsteered model on the same "
+                                             "prompts and seeds and report paired differences."),
+    out: Path = typer.Option(..., "--out", "-o", help="JSON file for the numbers."),
+    seed: int = SEED, model: str = MODEL, device: str = DEVICE,
+) -> None:
+    """Toxicity of continuations and perplexity of Wikipedia text under the steerers."""
+    from .data import load_prompts, load_texts
+    from .evaluate.harness import EvalSettings, compare
+    from .evaluate.harness import evaluate as run_eval
+    from .io import ensure_writable_dir, write_json
+
+    ensure_writable_dir(out.parent)
+    texts = load_prompts(prompts, n=n_prompts, seed=seed)
+    ppl = load_texts(ppl_texts, n=n_ppl, seed=seed)
+    m = _load(model, device)
+    steerers = _steerers(m, steerer)
+    _check_strength(steerers, strength)
+    settings = EvalSettings(generation=_generation_settings(preset, samples, new_tokens, seed,
+                                                            batch_size))
+    result = run_eval(m, *steerers, strength=strength, prompts=texts, ppl_texts=ppl,
+                      settings=settings, condition="steered" if steerers else "unsteered")
+    numbers = result.summary()
+    if baseline and steerers:
+        base = run_eval(m, prompts=texts, ppl_texts=ppl, settings=settings)
+        row = compare([base, result]).set_index("condition").loc["steered"].to_dict()
+        numbers = {**numbers, **{k: v for k, v in row.items() if k not in numbers}}
+        numbers["unsteered"] = base.summary()
+    numbers.update(model=m.cfg.model_name, steerers=[str(p) for p in steerer or []],
+                   settings=settings.to_dict())
+    write_json(out, numbers)
+    _print_dict({k: v for k, v in numbers.items() if not isinstance(v, dict)},
+                f"evaluate -> {out}")
+
+
+@app.command()
+def calibrate(
+    steerer: list[Path] = STEERER,
+    ppl_texts: str = typer.Option("builtin:wiki_control", help=f"Calibration texts: {SRC}. "
+                                  "Keep them apart from the texts you evaluate on."),
+    n: int = typer.Option(64, help="Calibration texts drawn."),
+    budget: float = typer.Option(0.05, help="Allowed relative perplexity increase (0.05 = +5%)."),
+    max_strength: float = typer.Option(None, help="Upper end of the search for unbounded "
+                                                  "methods (default: double from 1)."),
+    seed: int = SEED, model: str = MODEL, device: str = DEVICE,
+) -> None:
+    """The strongest λ whose perplexity increase stays within the budget."""
+    from .data import load_texts
+    from .evaluate.sweep import calibrate as cal
+
+    m = _load(model, device)
+    steerers = _steerers(m, steerer)
+    if not steerers:
+        raise typer.BadParameter("calibrate needs at least one --steerer")
+    result = cal(m, steerers, load_texts(ppl_texts, n=n, seed=seed), ppl_budget=budget,
+                 max_strength=max_strength)
+    _print_frame(result.path, repr(result))
+
+
+from . import cli_run  # noqa: E402,F401  (sweep and run: registers their commands)

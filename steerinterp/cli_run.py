@@ -1,0 +1,105 @@
+"""``steerinterp sweep`` and ``steerinterp run`` (the main job, what ``make demo`` runs)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from .cli import DEVICE, MODEL, _load, _print_frame, app, console
+
+
+@app.command()
+def sweep(
+    steerer: list[Path] = typer.Option(..., "--steerer", "-s",
+                                       help="Fitted steerer directories; each is swept alone."),
+    strengths: str = typer.Option("0.25,0.5,0.75,1", help="Comma-separated strengths λ."),
+    prompts: str = typer.Option("builtin:toxic_prompts", help="Held-out prompts (SRC)."),
+    ppl_texts: str = typer.Option("builtin:wiki_ppl", help="Perplexity texts (SRC)."),
+    n_prompts: int = typer.Option(100, help="Prompts drawn."),
+    n_ppl: int = typer.Option(100, help="Perplexity texts drawn."),
+    samples: int = typer.Option(None, help="Continuations per prompt (default 2)."),
+    new_tokens: int = typer.Option(None, help="New tokens per continuation (default 20)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder: sweep.csv, pareto figure, "
+                                                      "and each condition (resumable)."),
+    seed: int = typer.Option(0), model: str = MODEL, device: str = DEVICE,
+) -> None:
+    """Evaluate each steerer at each strength (and the unsteered model): a tidy CSV and the
+    toxicity/perplexity Pareto front."""
+    from .cli_eval import _generation_settings, _steerers
+    from .data import load_prompts, load_texts
+    from .evaluate.harness import EvalSettings
+    from .evaluate.sweep import pareto_front
+    from .evaluate.sweep import sweep as run_sweep
+    from .io import ensure_writable_dir, write_csv
+    from .plots import save_figure
+    from .plots.evaluation import plot_pareto
+
+    ensure_writable_dir(out)
+    lams = _parse_strengths(strengths)
+    m = _load(model, device)
+    loaded = _steerers(m, steerer)
+    names = _unique_names([p.name for p in steerer])
+    settings = EvalSettings(generation=_generation_settings("default", samples, new_tokens,
+                                                            seed, None))
+    frame = run_sweep(m, dict(zip(names, loaded)), lams, load_prompts(prompts, n_prompts, seed),
+                      load_texts(ppl_texts, n=n_ppl, seed=seed), settings,
+                      cache_dir=out / "conditions")
+    write_csv(out / "sweep.csv", frame)
+    save_figure(plot_pareto(frame), frame, "pareto", out)
+    cols = ["condition", "strength", "toxic_share", "mean_score", "mean_score_se", "ppl"]
+    _print_frame(frame[cols], f"sweep -> {out}/sweep.csv")
+    _print_frame(pareto_front(frame)[cols], "Pareto front (mean score vs PPL)")
+
+
+def _parse_strengths(text: str) -> list[float]:
+    try:
+        lams = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"--strengths must be comma-separated numbers, got {text!r}")
+    if not lams:
+        raise typer.BadParameter("--strengths is empty")
+    return lams
+
+
+def _unique_names(names: list[str]) -> list[str]:
+    seen: dict[str, int] = {}
+    out = []
+    for n in names:
+        seen[n] = seen.get(n, 0) + 1
+        out.append(n if seen[n] == 1 else f"{n}-{seen[n]}")
+    return out
+
+
+@app.command()
+def run(
+    model: str = MODEL,
+    size: str = typer.Option("default", help="smoke (seconds, tests) | default (≤ 20 min on a "
+                                             "2-core CPU) | paper (the papers' sizes)."),
+    methods: str = typer.Option(None, help="Comma-separated subset of: aura, det0, mean_shift, "
+                                           "iti, linear_act, lineas, dsas+linear_act, "
+                                           "dsas+lineas (default: all)."),
+    budget: float = typer.Option(0.10, help="Also evaluate each method at the largest λ whose "
+                                            "perplexity rise on calibration text stays within "
+                                            "this budget (0 to skip)."),
+    out: Path = typer.Option(None, "--out", "-o", help="Results folder (default: "
+                                                       "results/run/<model>-<size>)."),
+    fresh: bool = typer.Option(False, help="Start over instead of resuming a run in --out."),
+    seed: int = typer.Option(0, help="Seed for the fit/eval draws and sampling."),
+    device: str = DEVICE,
+) -> None:
+    """The main job: fit every method on the built-in sets, evaluate each and the unsteered
+    model on held-out prompts and Wikipedia text, and write results.csv, report.md and
+    figures. Re-running resumes from what was saved."""
+    from .evaluate.job import METHODS, JobSpec, run_job
+    from .io import ensure_writable_dir
+
+    chosen = tuple(m.strip() for m in methods.split(",")) if methods else tuple(METHODS)
+    spec = JobSpec(model=model, size=size, methods=chosen, seed=seed,
+                   ppl_budget=budget if budget and budget > 0 else None)
+    out = out or Path("results/run") / f"{model.replace('/', '_')}-{size}"
+    ensure_writable_dir(out)
+    m = _load(model, device)
+    frame = run_job(m, spec, out, fresh=fresh, log=lambda msg: console().print(msg))
+    cols = ["condition", "toxic_pct", "mean_score", "mean_score_se", "ppl", "fit_seconds"]
+    _print_frame(frame[cols], f"{model} ({size}) -> {out}/report.md")

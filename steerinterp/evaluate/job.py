@@ -1,0 +1,271 @@
+"""The main job (``steerinterp run``, ``make demo``): fit every method on the built-in sets,
+evaluate each and the unsteered model on held-out toxic prompts and Wikipedia text, and write
+a results folder (CSV of every number, Markdown report, figures).
+
+Fit, calibration and evaluation texts are disjoint built-in splits (``data.py``), so nothing
+is tuned on the evaluation prompts. Everything lands in the folder as it finishes (steerers,
+one sub-folder per evaluated condition), so an interrupted run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+from transformer_lens import HookedTransformer
+
+from ..data import length_match, load_texts
+from ..io import CorruptFileError, ensure_writable_dir, fingerprint, read_json, write_json
+from ..sites import site_spec
+from ..steer import SteerError, Steerer, load_steerer, make
+from ..tokens import token_ids
+from .generation import GenerationSettings
+from .harness import BASELINE, EvalSettings, Evaluation, compare, evaluate
+from .sweep import calibrate
+
+
+@dataclass(frozen=True)
+class JobSize:
+    """How much data each stage uses. ``default`` fits the 20-minute CPU budget; ``paper``
+    uses the papers' settings as far as the built-in sets allow."""
+
+    n_fit: int  # toxic and Wikipedia texts per fit set (length-matched), and control texts
+    n_prompts: int  # held-out toxic prompts
+    samples: int  # continuations per prompt
+    new_tokens: int
+    n_ppl: int  # held-out Wikipedia texts for perplexity
+    n_calib: int  # other Wikipedia texts for calibrating λ (disjoint from the n_ppl ones)
+    lineas_steps: int
+    det0_experts: int
+    fit_max_tokens: int = 64
+
+
+SIZES = {
+    "smoke": JobSize(n_fit=12, n_prompts=6, samples=1, new_tokens=6, n_ppl=6, n_calib=6,
+                     lineas_steps=3, det0_experts=16),
+    "default": JobSize(n_fit=64, n_prompts=100, samples=2, new_tokens=20, n_ppl=100,
+                       n_calib=64, lineas_steps=60, det0_experts=256),
+    # LinEAS's low-data regime (N = 32, 1000 steps); AcT fits on more, we use every built-in
+    # toxic fit text; all 497 held-out prompts; 2000 Wikipedia texts for perplexity.
+    "paper": JobSize(n_fit=496, n_prompts=497, samples=2, new_tokens=32, n_ppl=2000,
+                     n_calib=500, lineas_steps=1000, det0_experts=256),
+}
+
+# name → (method, options, base name). Strength λ = 1 for every map (the papers' default);
+# ITI-c at the LinEAS paper's λ = 0.5.
+METHODS: dict[str, tuple[str, dict, str | None]] = {
+    "aura": ("aura", {}, None),
+    "det0": ("det0", {}, None),
+    "mean_shift": ("mean_shift", {}, None),
+    "iti": ("iti", {"strength": 0.5}, None),
+    "linear_act": ("linear_act", {}, None),
+    "lineas": ("lineas", {}, None),
+    "dsas+linear_act": ("dsas", {}, "linear_act"),
+    "dsas+lineas": ("dsas", {}, "lineas"),
+}
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """Everything a run's numbers depend on; a results folder holds one spec."""
+
+    model: str
+    size: str = "default"
+    methods: tuple[str, ...] = tuple(METHODS)
+    seed: int = 0
+    ppl_budget: float | None = 0.10  # None: evaluate at the default λ only
+    scorer: str = "jigsaw"
+
+    def __post_init__(self) -> None:
+        if self.size not in SIZES:
+            raise ValueError(f"unknown size {self.size!r}; sizes: {', '.join(SIZES)}")
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown:
+            raise ValueError(f"unknown method(s) {unknown}; the run knows {', '.join(METHODS)}")
+        if not self.methods:
+            raise ValueError("the run needs at least one method")
+        if self.ppl_budget is not None and not 0 < self.ppl_budget < 10:
+            raise ValueError(f"ppl_budget is a relative increase (0.10 = +10%), "
+                             f"got {self.ppl_budget}")
+
+    @property
+    def sizes(self) -> JobSize:
+        return SIZES[self.size]
+
+    def to_dict(self) -> dict:
+        return {**dataclasses.asdict(self), "sizes": dataclasses.asdict(self.sizes)}
+
+
+@dataclass
+class JobData:
+    source: list[str]
+    target: list[str]
+    control: list[str]
+    prompts: list[str]
+    ppl_texts: list[str]
+    calib_texts: list[str]
+
+
+def job_data(model: HookedTransformer, spec: JobSpec) -> JobData:
+    """Disjoint built-in splits: toxic/wiki_target/wiki_control to fit, toxic_prompts and
+    wiki_ppl to evaluate; λ is calibrated on the far end of wiki_ppl."""
+    z, seed = spec.sizes, spec.seed
+    source, target = length_match(model, load_texts("toxic", n=z.n_fit, seed=seed),
+                                  load_texts("wiki_target", n=z.n_fit, seed=seed))
+    _, control = length_match(model, source, load_texts("wiki_control", n=z.n_fit, seed=seed))
+    wiki = load_texts("wiki_ppl")
+    if z.n_ppl + z.n_calib > len(wiki):
+        raise ValueError(f"size {spec.size} needs {z.n_ppl + z.n_calib} wiki_ppl texts; the "
+                         f"set has {len(wiki)}")
+    return JobData(source, target, control, _prompts(model, spec),
+                   wiki[:z.n_ppl], wiki[len(wiki) - z.n_calib:])
+
+
+def prompt_limit(model: HookedTransformer, spec: JobSpec) -> int:
+    """Longest prompt (tokens) the run generates from: 64, or less on a short-context model."""
+    return min(64, model.cfg.n_ctx - spec.sizes.new_tokens)
+
+
+def _prompts(model: HookedTransformer, spec: JobSpec) -> list[str]:
+    """``n_prompts`` held-out prompts in seeded order, skipping any longer than
+    :func:`prompt_limit` (none on the real models: the built-in prompts are ~18 tokens)."""
+    pool = load_texts("toxic_prompts")
+    pool = load_texts("toxic_prompts", n=len(pool), seed=spec.seed)
+    limit = prompt_limit(model, spec)
+    lengths = [len(x) for x in token_ids(model, pool, max_tokens=10**9)]
+    kept = [p for p, n in zip(pool, lengths) if n <= limit][: spec.sizes.n_prompts]
+    if len(kept) < spec.sizes.n_prompts:
+        raise ValueError(f"only {len(kept)} built-in prompts fit in {limit} tokens on "
+                         f"{model.cfg.model_name}; size {spec.size} needs {spec.sizes.n_prompts}")
+    return kept
+
+
+def open_folder(out: str | Path, spec: JobSpec, fresh: bool = False) -> Path:
+    """Create ``out`` or check it holds a run of the same spec (then it resumes)."""
+    out = ensure_writable_dir(Path(out))
+    meta_path = out / "job.json"
+    if meta_path.exists() and not fresh:
+        try:
+            old = read_json(meta_path, "run specification")
+        except CorruptFileError:
+            old = None
+        if old is not None and old.get("fingerprint") != fingerprint(spec.to_dict()):
+            new = json.loads(json.dumps(spec.to_dict()))  # tuples → lists, as saved
+            differ = sorted(k for k, v in new.items() if old.get("spec", {}).get(k) != v)
+            raise ValueError(f"{out} holds a run with other settings ({', '.join(differ)}); "
+                             "use another --out, or --fresh to start over there")
+    write_json(meta_path, {"fingerprint": fingerprint(spec.to_dict()), "spec": spec.to_dict()})
+    return out
+
+
+def fit_or_load(model: HookedTransformer, name: str, spec: JobSpec, data: JobData,
+                fitted: dict[str, Steerer], folder: Path) -> Steerer:
+    """The steerer ``name``, loaded from ``folder`` if a previous run saved it, else fitted."""
+    path = folder / name
+    if (path / "config.json").exists():
+        try:
+            return load_steerer(path, model)
+        except (CorruptFileError, SteerError, FileNotFoundError, ValueError):
+            pass  # damaged or from another model: fit again below (the save replaces it)
+    method, opts, base = METHODS[name]
+    opts = {**opts, **_size_options(method, spec.sizes)}
+    if base is not None:
+        base_steerer = fitted.get(base) or fit_or_load(model, base, spec, data, fitted, folder)
+        steerer = make("dsas", base=base_steerer, **opts).fit(model, data.source,
+                                                              control=data.control)
+    else:
+        steerer = make(method, **opts).fit(model, data.source, data.target)
+    steerer.save(path)
+    return steerer
+
+
+def _size_options(method: str, z: JobSize) -> dict:
+    if method == "lineas":
+        return {"steps": z.lineas_steps}
+    if method == "det0":
+        return {"num_experts": z.det0_experts}
+    return {}
+
+
+def default_strength(steerer: Steerer) -> float:
+    return float(steerer.config.strength)
+
+
+def run_job(model: HookedTransformer, spec: JobSpec, out: str | Path, fresh: bool = False,
+            progress: bool = True, log=print) -> pd.DataFrame:
+    """Run (or resume) the main job; returns the results frame also saved as ``results.csv``."""
+    from .report import write_outputs  # the report imports plotting; keep it off import time
+
+    out = open_folder(out, spec, fresh)
+    data = job_data(model, spec)
+    settings = EvalSettings(generation=GenerationSettings(
+        max_new_tokens=spec.sizes.new_tokens, samples=spec.sizes.samples, seed=spec.seed,
+        max_prompt_tokens=prompt_limit(model, spec)),
+        scorer=spec.scorer)
+    kw = dict(prompts=data.prompts, ppl_texts=data.ppl_texts, settings=settings,
+              progress=progress)
+    t0 = time.perf_counter()
+    log(f"[run] {spec.model}, size {spec.size}: evaluating the unsteered model")
+    evals = [evaluate(model, condition=BASELINE, folder=out / "conditions" / BASELINE, **kw)]
+    rows = [{"condition": BASELINE, "method": BASELINE, "sites": "", "rule": "",
+             "fit_seconds": 0.0}]
+    fitted: dict[str, Steerer] = {}
+    for name in spec.methods:
+        log(f"[run] {name}: fitting ({time.perf_counter() - t0:.0f} s so far)")
+        steerer = fitted[name] = fit_or_load(model, name, spec, data, fitted, out / "steerers")
+        for lam, rule in _strengths(model, name, steerer, spec, data, out, log):
+            cond = f"{name}@{lam:.3g}"
+            log(f"[run] {name}: evaluating at λ = {lam:.3g} ({rule})")
+            evals.append(evaluate(model, steerer, strength=lam, condition=cond,
+                                  folder=out / "conditions" / cond, **kw))
+            rows.append({"condition": cond, "method": name, "rule": rule,
+                         "sites": site_spec(steerer.sites, model.cfg.n_layers),
+                         "fit_seconds": steerer.provenance.get("fit_seconds", float("nan"))})
+    frame = pd.DataFrame(rows).merge(compare(evals), on="condition")
+    write_outputs(frame, spec, out, seconds=time.perf_counter() - t0, model=model)
+    return frame
+
+
+def _strengths(model: HookedTransformer, name: str, steerer: Steerer, spec: JobSpec,
+               data: JobData, out: Path, log) -> list[tuple[float, str]]:
+    """The default λ, and the calibrated one when a budget is set and it differs."""
+    lam = default_strength(steerer)
+    chosen = [(lam, "default")]
+    if spec.ppl_budget is None:
+        return chosen
+    cal = _calibration(model, steerer, spec, data, out / "calibration" / name)
+    log(f"[run]   calibrated: λ = {cal['strength']:.3g} "
+        f"({cal['delta_ppl_rel']:+.1%} PPL on calibration text)")
+    if abs(cal["strength"] - lam) > 1e-3 * max(1.0, abs(lam)):
+        chosen.append((cal["strength"], f"PPL ≤ +{spec.ppl_budget:.0%}"))
+    return chosen
+
+
+def _calibration(model: HookedTransformer, steerer: Steerer, spec: JobSpec, data: JobData,
+                 path: Path) -> dict:
+    """Calibrated λ (saved; reused while the steerer, texts and budget are the same)."""
+    from .harness import steerer_fingerprint
+
+    key = fingerprint({"steer": steerer_fingerprint((steerer,), None),
+                       "texts": fingerprint(data.calib_texts), "budget": spec.ppl_budget})
+    meta = path / "calibration.json"
+    if meta.exists():
+        try:
+            done = read_json(meta, "calibration")
+            if done.get("key") == key:
+                return done
+        except CorruptFileError:
+            pass
+    cal = calibrate(model, steerer, data.calib_texts, ppl_budget=spec.ppl_budget,
+                    max_strength=None if steerer.strength_range else 4.0, max_evals=8)
+    result = {"key": key, "strength": cal.strength, "delta_ppl_rel": cal.delta_ppl_rel,
+              "saturated": cal.saturated, "path": cal.path.to_dict(orient="records")}
+    write_json(meta, result)
+    return result
+
+
+__all__ = ["JobSize", "JobSpec", "METHODS", "SIZES", "Evaluation", "run_job"]

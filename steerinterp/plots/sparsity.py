@@ -1,0 +1,149 @@
+"""Figures for LinEAS's γ path (``analysis.sparsity.layer_sparsity`` frames): how the support
+shrinks (LinEAS §4.3, Fig. 4) and which layers the group lasso keeps (App. K)."""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib import colors
+from matplotlib.patches import Patch
+
+from ..analysis.sparsity import SPARSITY_COLUMNS
+from ..sites import POINTS
+from .base import STYLE, figure
+
+INACTIVE = "#d9d9d9"  # cells / points of sites the group lasso switched off
+
+
+def _need(df: pd.DataFrame, columns: list[str], who: str) -> None:
+    missing = [c for c in columns if c not in df.columns]
+    if missing or df.empty:
+        raise ValueError(f"{who} needs a non-empty layer_sparsity frame with columns {columns}; "
+                         f"missing: {missing or 'rows'}")
+
+
+def _points(df: pd.DataFrame) -> list[str]:
+    return sorted(df["point"].unique(), key=lambda p: POINTS.index(p) if p in POINTS else 99)
+
+
+def _gamma_axis(ax, gammas: np.ndarray) -> None:
+    """Log x; γ = 0 (no sparsity) kept on a linear stretch below the smallest positive γ."""
+    pos = gammas[gammas > 0]
+    if len(pos) and (gammas == 0).any():
+        ax.set_xscale("symlog", linthresh=pos.min(), linscale=0.5)
+    elif len(pos):
+        ax.set_xscale("log")
+    ax.set_xlabel("γ (sparse-group-lasso strength)")
+
+
+def plot_support_path(df: pd.DataFrame):
+    """Support (share of units steered) against γ: one panel per point, one line per layer
+    (colour = depth), and the unit-weighted support over all sites in black."""
+    _need(df, ["gamma", "layer", "point", "support"], "plot_support_path")
+    points = _points(df)
+    fig, axes = figure(1, len(points), size=(4.6 * len(points) + 1.2, 4.0), sharey=True,
+                       squeeze=False, layout="constrained")
+    cmap, norm = plt.get_cmap("viridis"), colors.Normalize(df["layer"].min(), df["layer"].max())
+    gammas = np.sort(df["gamma"].unique())
+    with plt.rc_context(STYLE):
+        for ax, point in zip(axes[0], points):
+            sub = df[df["point"] == point]
+            for layer, g in sub.groupby("layer"):
+                g = g.sort_values("gamma")
+                ax.plot(g["gamma"], g["support"], "o-", ms=3, lw=1.2, color=cmap(norm(layer)))
+            weights = sub["n_units"] if "n_units" in sub else pd.Series(1.0, index=sub.index)
+            total = (sub.assign(w=weights, ws=weights * sub["support"]).groupby("gamma")
+                     [["w", "ws"]].sum())
+            ax.plot(total.index, total["ws"] / total["w"], "k--", lw=2, label="all sites")
+            _gamma_axis(ax, gammas)
+            ax.set_title(point)
+            ax.set_ylim(-0.03, 1.03)
+            ax.legend(loc="lower left")
+        axes[0, 0].set_ylabel("support (share of units steered)")
+        fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), ax=axes[0].tolist(),
+                     label="layer")
+        fig.suptitle("LinEAS support along the γ path")
+    return fig
+
+
+def _metric_columns(df: pd.DataFrame, metrics: list[str] | None) -> list[str]:
+    """Numeric columns merged from an evaluation: constant within each γ, not ours."""
+    if metrics is not None:
+        _need(df, list(metrics), "plot_surviving_layers")
+        return list(metrics)
+    extra = [c for c in df.columns if c not in SPARSITY_COLUMNS
+             and pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c])]
+    return [c for c in extra if df[c].notna().any()
+            and (df.groupby("gamma")[c].nunique(dropna=True) <= 1).all()]
+
+
+def plot_surviving_layers(df: pd.DataFrame, metrics: list[str] | None = None):
+    """Layer × γ heatmap of each site's group norm ``‖ω−1‖₂ + ‖b‖₂`` (grey: switched off), one
+    panel per point, stacked on a shared γ axis whose labels count the active sites. When the
+    frame carries evaluation columns (``metrics``; default: every per-γ numeric column that
+    ``layer_sparsity`` merged, e.g. ``toxic_share``, ``ppl``), a line panel per metric sits on
+    top, so each γ's toxicity / perplexity reads straight above the layers it kept."""
+    _need(df, ["gamma", "layer", "point", "group_norm"], "plot_surviving_layers")
+    metrics = _metric_columns(df, metrics)
+    points, gammas = _points(df), np.sort(df["gamma"].unique())
+    layers = np.arange(df["layer"].min(), df["layer"].max() + 1)
+    grid_h = max(1.6, 0.17 * len(layers) + 0.5)
+    fig, axes = figure(len(metrics) + len(points), 1, sharex=True, squeeze=False,
+                       layout="constrained",
+                       size=(max(5.5, 0.8 * len(gammas) + 3.0),
+                             1.5 * len(metrics) + grid_h * len(points) + 1.2),
+                       gridspec_kw={"height_ratios": [1.5] * len(metrics) + [grid_h] * len(points)})
+    axes = axes[:, 0]
+    with plt.rc_context(STYLE):
+        for ax, metric in zip(axes, metrics):
+            _metric_panel(ax, df, metric, gammas)
+        image = None
+        for ax, point in zip(axes[len(metrics):], points):
+            image = _norm_panel(ax, df[df["point"] == point], gammas, layers, _norm(df))
+            ax.set_ylabel(f"layer\n({point})")
+        on = df.assign(on=df["group_norm"] > 0).groupby("gamma")["on"].agg(["sum", "size"])
+        axes[-1].set_xticks(range(len(gammas)),
+                            [f"{g:.3g}\n{on.loc[g, 'sum']}/{on.loc[g, 'size']}" for g in gammas])
+        axes[-1].set_xlabel("γ  (sites on / all)")
+        fig.colorbar(image, ax=list(axes[len(metrics):]), label="group norm ‖ω−1‖₂ + ‖b‖₂",
+                     shrink=0.9)
+        axes[len(metrics)].legend(handles=[Patch(color=INACTIVE, label="off (norm 0)")],
+                                  loc="lower left", bbox_to_anchor=(0.0, 1.0), frameon=False,
+                                  borderaxespad=0.1)
+        fig.suptitle("Sites the LinEAS group lasso keeps along the γ path")
+    return fig
+
+
+def _norm(df: pd.DataFrame) -> colors.Normalize:
+    """Log colours when the kept norms span more than ~20x (they usually do across depth)."""
+    positive = df.loc[df["group_norm"] > 0, "group_norm"]
+    lo, hi = (positive.min(), positive.max()) if len(positive) else (1e-3, 1.0)
+    return colors.LogNorm(lo, hi) if hi > 20 * lo else colors.Normalize(0, hi)
+
+
+def _norm_panel(ax, sub: pd.DataFrame, gammas: np.ndarray, layers: np.ndarray, norm):
+    grid = (sub.pivot_table(index="layer", columns="gamma", values="group_norm", aggfunc="first")
+            .reindex(index=layers, columns=gammas).to_numpy(float))
+    cmap = plt.get_cmap("viridis").copy()
+    cmap.set_bad(INACTIVE)
+    # Masked cells (norm 0, or a layer the point lacks) are drawn in the "bad" grey.
+    image = ax.imshow(np.ma.masked_invalid(np.where(grid > 0, grid, np.nan)), cmap=cmap,
+                      norm=norm, aspect="auto", origin="lower", interpolation="nearest",
+                      extent=(-0.5, len(gammas) - 0.5, layers[0] - 0.5, layers[-1] + 0.5))
+    step = 1 if len(layers) <= 12 else 2
+    ax.set_yticks(layers[::step], [str(x) for x in layers[::step]])
+    ax.grid(False)
+    return image
+
+
+def _metric_panel(ax, df: pd.DataFrame, metric: str, gammas: np.ndarray) -> None:
+    values = df.groupby("gamma")[metric].first().reindex(gammas).to_numpy(float)
+    ax.plot(range(len(gammas)), values, "o-", color="C3")
+    for x, v in enumerate(values):
+        if np.isfinite(v):
+            ax.annotate(f"{v:.3g}", (x, v), textcoords="offset points", xytext=(0, 6),
+                        ha="center", fontsize=8)
+    ax.set_ylabel(metric)
+    ax.margins(x=0.0, y=0.35)
+    ax.set_xlim(-0.5, len(gammas) - 0.5)

@@ -1,0 +1,127 @@
+"""The main job (``steerinterp run``) at smoke size on the tiny model: outputs, resuming, errors."""
+
+import math
+
+import pandas as pd
+import pytest
+
+import steerinterp.evaluate.job as job
+from steerinterp.evaluate.job import METHODS, JobSpec, run_job
+from steerinterp.models import load_model
+
+QUIET = dict(progress=False, log=lambda msg: None)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_model("tiny-gpt2")
+
+
+@pytest.fixture(scope="module")
+def full_run(model, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    return out, run_job(model, JobSpec("tiny-gpt2", size="smoke"), out, **QUIET)
+
+
+def test_run_evaluates_every_method_and_writes_the_report(full_run):
+    out, frame = full_run
+    assert set(frame["method"]) == {"unsteered", *METHODS}
+    for col in ("condition", "strength", "rule", "sites", "toxic_share", "toxic_share_se",
+                "mean_score", "mean_score_se", "ppl", "delta_ppl_rel", "diff_mean_score",
+                "fit_seconds"):
+        assert col in frame.columns, col
+    steered = frame[frame["method"] != "unsteered"]
+    assert steered["ppl"].map(math.isfinite).all() and (steered["fit_seconds"] > 0).all()
+    saved = pd.read_csv(out / "results.csv")
+    assert list(saved["condition"]) == list(frame["condition"])
+    report = (out / "report.md").read_text()
+    assert "| method | λ | sites | toxic % |" in report
+    assert all(f"| {m} |" in report for m in METHODS)
+    for name in ("pareto", "methods"):
+        assert (out / "figures" / f"{name}.png").stat().st_size > 1000
+        assert (out / "figures" / f"{name}.csv").exists()
+
+
+def test_calibrated_rows_respect_the_budget_on_calibration_text(full_run):
+    out, frame = full_run
+    for path in (out / "calibration").glob("*/calibration.json"):
+        import json
+        cal = json.loads(path.read_text())
+        assert cal["delta_ppl_rel"] <= 0.10 + 1e-9
+
+
+def test_rerun_resumes_without_refitting_or_regenerating(model, full_run, monkeypatch):
+    out, frame = full_run
+    import steerinterp.evaluate.harness as harness
+    monkeypatch.setattr(harness, "generate", lambda *a, **k: pytest.fail("regenerated"))
+    monkeypatch.setattr(job, "make", lambda *a, **k: pytest.fail("refitted"))
+    again = run_job(model, JobSpec("tiny-gpt2", size="smoke"), out, **QUIET)
+    pd.testing.assert_frame_equal(again.drop(columns="fit_seconds"),
+                                  frame.drop(columns="fit_seconds"))
+
+
+def test_interrupted_run_resumes_from_what_was_saved(model, tmp_path, monkeypatch):
+    spec = JobSpec("tiny-gpt2", size="smoke", methods=("mean_shift", "aura"), ppl_budget=None)
+    real_fit = job.fit_or_load
+
+    def fit_then_crash(model, name, *args):
+        if name == "aura":
+            raise KeyboardInterrupt  # the user pressed Ctrl-C during the second method
+        return real_fit(model, name, *args)
+
+    monkeypatch.setattr(job, "fit_or_load", fit_then_crash)
+    with pytest.raises(KeyboardInterrupt):
+        run_job(model, spec, tmp_path, **QUIET)
+    assert (tmp_path / "conditions" / "mean_shift@1" / "summary.json").exists()
+    assert not (tmp_path / "results.csv").exists()
+    monkeypatch.setattr(job, "fit_or_load", real_fit)
+    calls = []
+    import steerinterp.evaluate.harness as harness
+    real_generate = harness.generate
+    monkeypatch.setattr(harness, "generate",
+                        lambda m, prompts, *s, **k: calls.append(s) or real_generate(
+                            m, prompts, *s, **k))
+    frame = run_job(model, spec, tmp_path, **QUIET)
+    assert len(calls) == 1 and calls[0][0].method == "aura"  # only the missing condition
+    assert list(frame["condition"]) == ["unsteered", "mean_shift@1", "aura@1"]
+
+
+def test_a_damaged_saved_steerer_is_refitted(model, tmp_path):
+    spec = JobSpec("tiny-gpt2", size="smoke", methods=("mean_shift",), ppl_budget=None)
+    run_job(model, spec, tmp_path, **QUIET)
+    (tmp_path / "steerers" / "mean_shift" / "state.safetensors").write_bytes(b"\x00" * 10)
+    frame = run_job(model, spec, tmp_path, **QUIET)
+    assert "mean_shift@1" in set(frame["condition"])
+
+
+def test_folder_with_another_run_is_refused(model, tmp_path):
+    run_job(model, JobSpec("tiny-gpt2", size="smoke", methods=("aura",), ppl_budget=None),
+            tmp_path, **QUIET)
+    other = JobSpec("tiny-gpt2", size="smoke", methods=("aura",), seed=1, ppl_budget=None)
+    with pytest.raises(ValueError, match=r"other settings \(seed\)"):
+        run_job(model, other, tmp_path, **QUIET)
+    frame = run_job(model, other, tmp_path, fresh=True, **QUIET)
+    assert len(frame) == 2
+
+
+def test_unwritable_results_folder_is_a_clear_error(model, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    with pytest.raises(PermissionError, match="cannot create directory"):
+        run_job(model, JobSpec("tiny-gpt2", size="smoke"), blocker / "results", **QUIET)
+
+
+def test_bad_specs_name_the_problem():
+    with pytest.raises(ValueError, match="unknown size 'huge'"):
+        JobSpec("tiny-gpt2", size="huge")
+    with pytest.raises(ValueError, match=r"unknown method\(s\) \['actadd2'\]"):
+        JobSpec("tiny-gpt2", methods=("actadd2",))
+    with pytest.raises(ValueError, match="relative increase"):
+        JobSpec("tiny-gpt2", ppl_budget=20)
+
+
+def test_fit_and_eval_sets_are_disjoint(model):
+    data = job.job_data(model, JobSpec("tiny-gpt2", size="smoke"))
+    assert not set(data.source) & set(data.prompts)
+    assert not set(data.ppl_texts) & set(data.calib_texts)
+    assert not set(data.target) & (set(data.ppl_texts) | set(data.calib_texts) | set(data.control))
