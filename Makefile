@@ -35,8 +35,9 @@ test: cache
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"
 
+# The main job: fit every method on the embedded model, evaluate, write results/run/.../report.md
 demo: cache
-	$(BIN)/steerinterp demo
+	$(BIN)/steerinterp run
 
 bench: cache
 	mkdir -p results
@@ -44,6 +45,7 @@ bench: cache
 	$(BIN)/steerinterp bench steer --out results/bench_steer.json
 	$(BIN)/steerinterp bench auroc --out results/bench_auroc.json
 	$(BIN)/steerinterp bench lineas --out results/bench_lineas.json
+	$(BIN)/steerinterp bench generate --out results/bench_generate.json
 
 clean:
 	rm -rf $(VENV) results

@@ -1,5 +1,6 @@
 """Teacher-forced perplexity under steering (METHODS.md §4.5): chunked NLL against TL's loss."""
 
+import importlib
 import math
 
 import numpy as np
@@ -7,10 +8,12 @@ import pandas as pd
 import pytest
 import torch
 
-import steerinterp.evaluate.perplexity as ppl_mod
 from steerinterp.evaluate.perplexity import delta_perplexity, perplexity, summarize_perplexity
 from steerinterp.steer import make, steered
 from steerinterp.tokens import token_ids
+
+# importlib: the package re-exports the function ``perplexity``, which shadows the module name
+ppl_mod = importlib.import_module("steerinterp.evaluate.perplexity")
 
 SOURCE = ["you are a stupid idiot", "shut up you fool", "what a disgusting pig"]
 TARGET = ["the river flows to the sea", "a library holds many books", "the train leaves at noon"]
@@ -70,7 +73,16 @@ def test_steering_is_active_on_all_positions(tiny_gpt2, shift, texts):
     with steered(tiny_gpt2, shift, strength=1.0):
         expected = [_tl_nll(tiny_gpt2, t) for t in texts[:3]]
     np.testing.assert_allclose(strong["nll"], expected, rtol=1e-5)
-    assert not tiny_gpt2.hook_dict["blocks.0.hook_resid_post"]._forward_hooks  # hooks removed
+    assert not any(h._forward_hooks for h in tiny_gpt2.hook_dict.values())  # hooks removed
+
+
+def test_bf16_model_gives_close_finite_results(texts):
+    from steerinterp.models import tiny_model
+
+    full = perplexity(tiny_model("gemma", seed=0), texts[:3], progress=False)
+    half = perplexity(tiny_model("gemma", seed=0, dtype=torch.bfloat16), texts[:3], progress=False)
+    assert np.isfinite(half["nll"]).all()
+    np.testing.assert_allclose(half["nll"], full["nll"], rtol=0.05)
 
 
 def test_progress_bar_can_be_silenced(tiny_gpt2, capsys):
@@ -109,7 +121,7 @@ def test_summary_hand_example():
     assert out["ppl_se"] == pytest.approx(1.0)  # std([4, 2]) / √2
     assert out["ppl_token"] == pytest.approx(math.exp(4 * math.log(2) / 3))  # 2^(4/3)
     assert (out["n_texts"], out["n_tokens"]) == (2, 6)
-    # log-PPL influence: (nll_g − r·n_g)/N = ±(2/3)·ln2/6·… → closed form below
+    # delta method on r = Σnll/Σn with texts as clusters: influence (nll_g − r·n_g)/N
     r = 4 * math.log(2) / 3
     psi = np.array([2 * math.log(4) - 2 * r, 4 * math.log(2) - 4 * r]) / 6
     assert out["ppl_token_se"] == pytest.approx(math.exp(r) * math.sqrt(2 * (psi ** 2).sum()))
@@ -156,12 +168,20 @@ def test_aggregation_refuses_mismatched_frames():
 
 @pytest.mark.slow
 def test_gemma_chunked_nll_matches_transformer_lens():
+    """262k vocabulary, several chunks; the reference is TL's full-logit loss on the same
+    left-padded batch (one forward, to stay fast; padding invariance is tested above)."""
     from steerinterp import load_model, load_texts
+    from steerinterp.tokens import pad_left
 
     model = load_model("gemma-3-270m", device="cpu")
     texts = load_texts("wiki_ppl", n=8)
     df = perplexity(model, texts, max_tokens=64, batch_size=8, progress=False)
     assert ppl_mod.LOGITS_PER_CHUNK // model.cfg.d_vocab_out < df["n_tokens"].sum()  # chunked
-    for i, text in enumerate(texts):
-        per_token = df.loc[i, "nll"] / df.loc[i, "n_tokens"]
-        assert abs(per_token - _tl_nll(model, text) / df.loc[i, "n_tokens"]) < 1e-4
+    batch = pad_left(model, token_ids(model, texts, 64), skip_first=False)
+    with torch.inference_mode():
+        loss = model(batch.tokens, attention_mask=batch.attention_mask, return_type="loss",
+                     loss_per_token=True)
+    mask = batch.attention_mask.bool()
+    expected = (loss.double() * (mask[:, :-1] & mask[:, 1:])).sum(1).cpu().numpy()
+    per_token = (df["nll"].to_numpy() - expected) / df["n_tokens"].to_numpy()
+    assert np.abs(per_token).max() < 1e-4

@@ -107,7 +107,8 @@ def test_summary_without_condition_column_is_one_row():
     out = summarize_generations(df, threshold=0.7)
     assert len(out) == 1 and "condition" not in out.columns
     assert out.loc[0, "toxic_share"] == pytest.approx(1 / 3)
-    assert out.loc[0, "mean_score_se"] == pytest.approx(np.std([0.2, 0.8, 0.6], ddof=1) / math.sqrt(3))
+    expected = np.std([0.2, 0.8, 0.6], ddof=1) / math.sqrt(3)
+    assert out.loc[0, "mean_score_se"] == pytest.approx(expected)
 
 
 # --------------------------------------------------------------------------- paired differences

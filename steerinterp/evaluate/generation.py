@@ -173,10 +173,11 @@ def _canonical_head(row: Float[torch.Tensor, "d_vocab"], k: int) -> Int[torch.Te
     return ids[row[ids].sort(descending=True, stable=True).indices]
 
 
-def _sample_row(x: Float[torch.Tensor, "d_vocab"], u: float, settings: GenerationSettings) -> int:
-    """Inverse-CDF draw of ``u`` over the top-k / top-p filtered softmax, canonical order."""
+def _sample_row(x: Float[torch.Tensor, "d_vocab"], probs: Float[torch.Tensor, "d_vocab"],
+                u: float, settings: GenerationSettings) -> int:
+    """Inverse-CDF draw of ``u`` over the top-k / top-p filtered ``probs = softmax(x)``, in
+    canonical order."""
     vocab = x.shape[0]
-    probs = x.softmax(-1)
     truncated = settings.top_p < 1 or (settings.top_k is not None and settings.top_k < vocab)
     ids = _canonical_head(x, max(HEAD, settings.top_k or 0))
     if truncated and settings.top_p < 1 and probs[ids].sum() < settings.top_p:
@@ -207,7 +208,8 @@ def _next_tokens(logits: Float[torch.Tensor, "batch d_vocab"],
     if settings.greedy:
         return x.argmax(-1)
     x = x / settings.temperature
-    picks = [_sample_row(row, u, settings) for row, u in zip(x, uniforms)]
+    probs = x.softmax(-1)
+    picks = [_sample_row(xr, pr, u, settings) for xr, pr, u in zip(x, probs, uniforms)]
     return torch.tensor(picks, dtype=torch.long, device=logits.device)
 
 

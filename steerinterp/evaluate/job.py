@@ -19,12 +19,14 @@ import pandas as pd
 from transformer_lens import HookedTransformer
 
 from ..data import length_match, load_texts
-from ..io import CorruptFileError, ensure_writable_dir, fingerprint, read_json, write_json
+from ..io import (CorruptFileError, ensure_writable_dir, fingerprint, read_csv, read_json,
+                  write_csv, write_json)
 from ..sites import site_spec
 from ..steer import SteerError, Steerer, load_steerer, make
 from ..tokens import token_ids
 from .generation import GenerationSettings
 from .harness import BASELINE, EvalSettings, Evaluation, compare, evaluate
+from .perplexity import perplexity
 from .sweep import calibrate
 
 
@@ -47,8 +49,8 @@ class JobSize:
 SIZES = {
     "smoke": JobSize(n_fit=12, n_prompts=6, samples=1, new_tokens=6, n_ppl=6, n_calib=6,
                      lineas_steps=3, det0_experts=16),
-    "default": JobSize(n_fit=64, n_prompts=100, samples=2, new_tokens=20, n_ppl=100,
-                       n_calib=64, lineas_steps=60, det0_experts=256),
+    "default": JobSize(n_fit=64, n_prompts=100, samples=2, new_tokens=20, n_ppl=64,
+                       n_calib=24, lineas_steps=60, det0_experts=256),
     # LinEAS's low-data regime (N = 32, 1000 steps); AcT fits on more, we use every built-in
     # toxic fit text; all 497 held-out prompts; 2000 Wikipedia texts for perplexity.
     "paper": JobSize(n_fit=496, n_prompts=497, samples=2, new_tokens=32, n_ppl=2000,
@@ -245,6 +247,22 @@ def _strengths(model: HookedTransformer, name: str, steerer: Steerer, spec: JobS
     return chosen
 
 
+def _calibration_base(model: HookedTransformer, data: JobData, folder: Path) -> pd.DataFrame:
+    """Unsteered perplexities of the calibration texts, computed once per run folder."""
+    path = folder / "unsteered_perplexity.csv"
+    key = fingerprint(data.calib_texts)[:16]
+    if path.exists():
+        try:
+            frame = read_csv(path, "calibration baseline", ("key", "text_id", "ppl"))
+            if (frame["key"] == key).all() and len(frame) == len(data.calib_texts):
+                return frame.drop(columns="key")
+        except CorruptFileError:
+            pass
+    frame = perplexity(model, data.calib_texts, progress=False)
+    write_csv(path, frame.assign(key=key))
+    return frame
+
+
 def _calibration(model: HookedTransformer, steerer: Steerer, spec: JobSpec, data: JobData,
                  path: Path) -> dict:
     """Calibrated λ (saved; reused while the steerer, texts and budget are the same)."""
@@ -261,7 +279,8 @@ def _calibration(model: HookedTransformer, steerer: Steerer, spec: JobSpec, data
         except CorruptFileError:
             pass
     cal = calibrate(model, steerer, data.calib_texts, ppl_budget=spec.ppl_budget,
-                    max_strength=None if steerer.strength_range else 4.0, max_evals=8)
+                    max_strength=None if steerer.strength_range else 4.0, max_evals=6,
+                    base=_calibration_base(model, data, path.parent))
     result = {"key": key, "strength": cal.strength, "delta_ppl_rel": cal.delta_ppl_rel,
               "saturated": cal.saturated, "path": cal.path.to_dict(orient="records")}
     write_json(meta, result)

@@ -44,15 +44,16 @@ def perplexity(model: HookedTransformer, texts: Sequence[str], *steerers: Steere
     """
     texts = _check_texts(texts)
     if max_tokens < 2:
-        raise ValueError(f"max_tokens must be at least 2 (one context + one target), got {max_tokens}")
+        raise ValueError(f"max_tokens must be at least 2 (a context and a target), got "
+                         f"{max_tokens}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     ids = token_ids(model, texts, max_tokens)
     short = [i for i, x in enumerate(ids) if len(x) < 2]
     if short:
         i = short[0]
-        raise ValueError(f"text #{i} ({texts[i][:40]!r}) has {len(ids[i])} token(s) with BOS; "
-                         f"perplexity needs at least 2 (all short texts: {short[:10]})")
+        raise ValueError(f"text #{i} ({texts[i][:40]!r}) has {len(ids[i])} token(s) (BOS "
+                         f"included); perplexity needs at least 2 (all short texts: {short[:10]})")
     # Longest first: batches of similar length waste little on padding, and an out-of-memory
     # error shows up in the first batch instead of at the end.
     order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
@@ -60,7 +61,7 @@ def perplexity(model: HookedTransformer, texts: Sequence[str], *steerers: Steere
     nll = np.empty(len(ids), dtype=np.float64)
     with steered(model, *steerers, strength=strength):
         for batch in tqdm(batches, desc="perplexity", disable=not progress):
-            nll[batch] = _batch_nll(model, [ids[i] for i in batch]).cpu().numpy()
+            nll[batch] = _batch_nll(model, [ids[i] for i in batch]).numpy()
     n_tokens = np.array([len(x) - 1 for x in ids])
     return pd.DataFrame({"text_id": np.arange(len(ids)), "n_tokens": n_tokens, "nll": nll,
                          "ppl": np.exp(nll / n_tokens)})
@@ -92,9 +93,10 @@ def _batch_nll(model: HookedTransformer, ids: list[list[int]]) -> Float[torch.Te
     # Position t predicts token t+1; with left padding both are real iff t is real.
     scored = real[:, :-1] & real[:, 1:]
     logp = _target_logprobs(model, resid[:, :-1][scored], batch.tokens[:, 1:][scored])
-    rows = scored.nonzero()[:, 0]
-    out = torch.zeros(len(ids), dtype=torch.float64, device=logp.device)
-    return out.index_add_(0, rows, -logp.double())
+    rows = scored.nonzero()[:, 0].cpu()
+    # Sum on the CPU in float64: exact enough for any length, and MPS has no float64.
+    out = torch.zeros(len(ids), dtype=torch.float64)
+    return out.index_add_(0, rows, -logp.cpu().double())
 
 
 def _target_logprobs(model: HookedTransformer, resid: Float[torch.Tensor, "n d_model"],
@@ -128,8 +130,10 @@ def _check_ppl_frame(df: pd.DataFrame, name: str) -> pd.DataFrame:
         raise ValueError(f"{name} has no rows")
     if df["text_id"].duplicated().any():
         raise ValueError(f"{name} has duplicated text_id values")
-    if (df["n_tokens"] < 1).any() or df[["nll", "ppl"]].isna().any().any():
-        raise ValueError(f"{name} has rows with n_tokens < 1 or NaN nll/ppl")
+    if (df["n_tokens"] < 1).any():
+        raise ValueError(f"{name} has rows with n_tokens < 1")
+    # NaN/inf NLL (a model blown up by extreme λ) is kept: it propagates into the summaries,
+    # so a λ search reads it as over budget instead of crashing.
     return df
 
 

@@ -38,7 +38,8 @@ def cluster_se(influence: Sequence[float]) -> float:
     return math.sqrt(g / (g - 1) * float(np.sum(psi * psi)))
 
 
-def mean_from_totals(totals: Sequence[float], counts: Sequence[float]) -> tuple[float, float]:
+def mean_from_totals(totals: Sequence[float],
+                     counts: Sequence[float]) -> tuple[float, float]:
     """Pooled mean ΣT_g/ΣN_g of clusters with totals T_g over N_g units, and its CR1 SE.
 
     The mean's influence sum for cluster g is (T_g − ȳ·N_g)/N, the sandwich ``bread·meat·bread``

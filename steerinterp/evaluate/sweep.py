@@ -115,7 +115,8 @@ class Calibration:
 def calibrate(model: HookedTransformer, steerer: Steerer | Sequence[Steerer],
               ppl_texts: list[str], ppl_budget: float = 0.05, max_strength: float | None = None,
               tol: float = 0.01, max_evals: int = 10, max_tokens: int = 64,
-              batch_size: int = 16, progress: bool = False) -> Calibration:
+              batch_size: int = 16, base: pd.DataFrame | None = None,
+              progress: bool = False) -> Calibration:
     """The largest λ whose perplexity on ``ppl_texts`` (mean of per-text PPL, paired with the
     unsteered model) rises by at most ``ppl_budget`` (0.05 = +5%).
 
@@ -124,13 +125,15 @@ def calibrate(model: HookedTransformer, steerer: Steerer | Sequence[Steerer],
     methods), then bisects between the largest λ known to be within budget and the smallest
     known to exceed it until the bracket is narrower than ``tol`` (relative to the top) or
     ``max_evals`` perplexity runs were spent. Keep ``ppl_texts`` disjoint from the texts the
-    final evaluation uses.
+    final evaluation uses. ``base``: the unsteered :func:`perplexity` frame of ``ppl_texts``
+    when the caller already has it (calibrating several steerers on the same texts).
     """
     group = tuple(steerer) if isinstance(steerer, (list, tuple)) else (steerer,)
     if not 0 < ppl_budget < 10:
         raise ValueError(f"ppl_budget is a relative increase, e.g. 0.05 for +5%; got {ppl_budget}")
-    base = perplexity(model, ppl_texts, max_tokens=max_tokens, batch_size=batch_size,
-                      progress=progress)
+    if base is None:
+        base = perplexity(model, ppl_texts, max_tokens=max_tokens, batch_size=batch_size,
+                          progress=progress)
     path: list[dict] = []
 
     def cost(lam: float) -> float:
