@@ -79,7 +79,12 @@ def actadd(tiny_gpt2):
 # --------------------------------------------------------------------------- greedy parity
 
 
-@pytest.mark.parametrize("name", ["tiny_gpt2", "tiny_gemma", "gemma_t"])
+@pytest.fixture(scope="module")
+def gemma_bf16():
+    return tiny_model("gemma", seed=0, dtype=torch.bfloat16)
+
+
+@pytest.mark.parametrize("name", ["tiny_gpt2", "tiny_gemma", "gemma_t", "gemma_bf16"])
 def test_greedy_equals_tl_generate(request, name):
     model = request.getfixturevalue(name)
     stride = model.unembed.W_U.stride()
@@ -167,17 +172,19 @@ def test_inverse_cdf_follows_the_filtered_distribution():
     logits = torch.randn(3000) * 2  # vocab > HEAD: exercises the sorted head + id-order tail
     probs = logits.softmax(-1)
     grid = (torch.arange(2500) + 0.5) / 2500  # evenly spaced: frequency error <= 1/2500
-    for kw in ({"top_p": 1.0}, {"top_p": 0.5}, {"top_k": 5, "top_p": 1.0}):
+    for kw in ({"top_p": 1.0}, {"top_p": 0.5}, {"top_k": 5, "top_p": 1.0},
+               {"top_k": 40, "top_p": 0.7}):
         s = GenerationSettings(**kw)
-        picks = torch.tensor([gen._sample_row(logits, float(u), s) for u in grid])
+        picks = torch.tensor([gen._sample_row(logits, probs, float(u), s) for u in grid])
         counts = torch.bincount(picks, minlength=3000).float() / picks.numel()
         order = logits.sort(descending=True).indices
         want = probs.clone()
-        if "top_k" in kw:
-            want[order[5:]] = 0
+        if "top_k" in kw:  # HF order: top-k, renormalise, then top-p
+            want[order[kw["top_k"]:]] = 0
+            want /= want.sum()
         if kw["top_p"] < 1:
-            cum = probs[order].cumsum(0) - probs[order]
-            want[order[cum >= 0.5]] = 0
+            cum = want[order].cumsum(0) - want[order]
+            want[order[cum >= kw["top_p"]]] = 0
         want /= want.sum()
         assert (counts - want).abs().max() < 1e-3
         assert set(picks.tolist()) <= set(want.nonzero()[:, 0].tolist())
@@ -186,8 +193,8 @@ def test_inverse_cdf_follows_the_filtered_distribution():
 def test_flat_distribution_nucleus_leaves_the_head():
     flat = torch.zeros(5000)  # all tied: the canonical order is by id
     s = GenerationSettings(top_p=0.9)
-    assert gen._sample_row(flat, 0.0, s) == 0
-    assert 4400 < gen._sample_row(flat, 0.999, s) < 4500
+    assert gen._sample_row(flat, flat.softmax(-1), 0.0, s) == 0
+    assert 4400 < gen._sample_row(flat, flat.softmax(-1), 0.999, s) < 4500
 
 
 def test_row_seed_is_stable():

@@ -255,3 +255,18 @@ def test_real_flags_and_cache(real):
     path = prepare_model_cache(real.name)  # already built: only the cheap integrity check
     assert time.perf_counter() - start < 2 and (path / assets.CACHE_MARKER).is_file()
     assert real.seconds < 120  # loaded from the fp32 copy, no GGUF parsing
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "gemma"])
+def test_fast_layout_keeps_logits_bit_identical(arch):
+    from steerinterp.models import fast_layout
+
+    model = tiny_model(arch, seed=3)
+    tokens = torch.randint(0, 200, (3, 17))
+    with torch.no_grad():
+        before = model(tokens)
+        fast_layout(model)
+        after = model(tokens)
+    assert torch.equal(before, after)
+    assert model.blocks[0].mlp.W_out.T.is_contiguous()
+    assert model.unembed.W_U.T.is_contiguous()

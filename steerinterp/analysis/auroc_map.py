@@ -17,6 +17,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 import torch
+from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
 from ..collection import collect, validate_texts
@@ -180,8 +181,8 @@ def expert_tokens(model: HookedTransformer, df_top: pd.DataFrame, texts: list[st
     """Where each expert of ``df_top`` (e.g. :func:`top_experts`) fires most in ``texts``: its
     ``n_tokens`` highest per-token activations, at most one per text when ``distinct_texts``
     (so one repeated phrase does not fill the list), as in the "finding experts" read-outs of
-    ExpertLens (METHODS.md §7). One per-token collection at the experts' sites; the first token
-    is skipped, as in pooling.
+    ExpertLens (METHODS.md §7). Per-token activations come from ``collect(pool="none")`` at
+    the experts' sites; the first token is skipped, as in pooling.
 
     Returns one row per expert × hit: ``rank`` (the expert's rank, from ``df_top`` or its row
     order), ``site``, ``layer``, ``point``, ``unit``, ``auroc`` (NaN if ``df_top`` has none),
@@ -198,15 +199,15 @@ def expert_tokens(model: HookedTransformer, df_top: pd.DataFrame, texts: list[st
         raise AnalysisError(f"expert_tokens texts: {e}") from None
     check_poolable(model, texts, "expert_tokens", max_tokens)
     experts = _expert_rows(df_top, model)
-    store = collect(model, texts, sorted({s for s, _ in experts["key"]}), pool="none",
-                    batch_size=batch_size, max_tokens=max_tokens, progress=progress)
+    acts_of, lengths = _expert_acts(model, texts, list(experts["key"]), max_tokens, batch_size,
+                                    progress)
     ids = token_ids(model, texts, max_tokens)
-    text_of, pos_of = _row_index(store.lengths)
+    text_of, pos_of = _row_index(lengths)
     first = int(bool(model.cfg.default_prepend_bos))  # context never shows a BOS token
     rows = []
     for e in experts.itertuples(index=False):
         site, unit = e.key
-        acts = store[site][:, unit]
+        acts = acts_of[e.key]
         hits = _top_rows(acts, text_of, int(n_tokens), distinct_texts)
         for hit, r in enumerate(hits, 1):
             t, p = int(text_of[r]), int(pos_of[r])
@@ -216,6 +217,25 @@ def expert_tokens(model: HookedTransformer, df_top: pd.DataFrame, texts: list[st
                          "text": t, "position": p, "token": tok, "context": ctx,
                          "activation": float(acts[r])})
     return pd.DataFrame(rows, columns=TOKEN_COLUMNS)
+
+
+def _expert_acts(model, texts: list[str], keys: list[tuple[Site, int]], max_tokens: int,
+                 batch_size: int, progress: bool) -> tuple[dict, torch.Tensor]:
+    """Per-token activations ``{(site, unit): [tokens]}`` of the experts only, texts in order,
+    and the rows per text. Collected ``batch_size`` texts at a time, keeping only the expert
+    columns: one per-token store of all texts at every expert site would hold
+    tokens × sites × width floats (about 1 GB for 256 texts at 13 gemma-3-270m MLP sites)."""
+    sites = sorted({s for s, _ in keys})
+    parts: dict = {k: [] for k in keys}
+    lengths = []
+    chunks = range(0, len(texts), batch_size)
+    for i in tqdm(chunks, desc="expert tokens", disable=not progress):
+        store = collect(model, texts[i:i + batch_size], sites, pool="none",
+                        batch_size=batch_size, max_tokens=max_tokens, progress=False)
+        for site, unit in parts:
+            parts[(site, unit)].append(store[site][:, unit].clone())  # drop the full rows
+        lengths.append(store.lengths)
+    return {k: torch.cat(v) for k, v in parts.items()}, torch.cat(lengths)
 
 
 def _expert_rows(df_top: pd.DataFrame, model: HookedTransformer) -> pd.DataFrame:

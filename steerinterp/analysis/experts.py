@@ -109,6 +109,7 @@ def expert_overlap(sets_df: pd.DataFrame, concepts: list[str] | None = None) -> 
     appear), else the concepts in the frame. Returns one row per ordered pair, diagonal
     included (a symmetric matrix in long form): ``concept_a``, ``concept_b``, ``n_a``, ``n_b``
     (set sizes), ``n_both`` (shared experts), ``jaccard`` (NaN when both sets are empty).
+    ``tau`` and ``metric`` are carried over in ``df.attrs`` (figure titles use them).
     """
     _require(sets_df, ["concept", "site", "unit"], "expert_overlap")
     if concepts is None:
@@ -127,7 +128,9 @@ def expert_overlap(sets_df: pd.DataFrame, concepts: list[str] | None = None) -> 
             rows.append({"concept_a": a, "concept_b": b, "n_a": len(units[a]),
                          "n_b": len(units[b]), "n_both": both,
                          "jaccard": both / union if union else float("nan")})
-    return pd.DataFrame(rows, columns=OVERLAP_COLUMNS)
+    out = pd.DataFrame(rows, columns=OVERLAP_COLUMNS)
+    out.attrs = {k: sets_df.attrs[k] for k in ("tau", "metric") if k in sets_df.attrs}
+    return out
 
 
 def jaccard(a: set, b: set) -> float:
@@ -151,8 +154,8 @@ def aura_lineas_overlap(aura_steerer: Steerer, lineas_steerer: Steerer,
     """Per shared site, overlap of the units AurA dampens with the units LinEAS moves.
 
     AurA side: units with gain α < 1 (AUROC > 0.5; METHODS.md §3), or with ``k`` the ``k``
-    smallest α among them. LinEAS side: its support, units with ω ≠ 1 or b ≠ 0 (the sparse-group
-    lasso zeroes the rest; METHODS.md §5.3), or with ``k`` the ``k`` largest
+    smallest α among them. LinEAS side: its support, units with ω ≠ 1 or b ≠ 0 (the
+    sparse-group lasso zeroes the rest; METHODS.md §5.3), or with ``k`` the ``k`` largest
     ``|ω − 1| + |b|`` among them. Without sparsity (γ = 0) LinEAS moves every unit, so pass
     ``k`` for a meaningful comparison. Det0/Damp steerers work too (their experts have α < 1).
 

@@ -1,17 +1,17 @@
 """Batched, KV-cached, steerable text generation with paired (common-random-number) sampling.
 
-Why not ``HookedTransformer.generate``: TransformerLens 3.9 computes logits at every position and
-re-copies ``W_U.T`` on every step (670 MB per step for Gemma-3's 262k vocabulary). :func:`decode`
-prefills the left-padded prompts into a KV cache, then feeds one token per step, and computes
-the final norm and the unembedding only at the last position, with the transposed unembedding
-taken once. Blocks run through TL's own forward, so every hook (hence every steerer attached by
-:func:`~steerinterp.steer.steered`) fires on every position: the prompt, then each new token.
+:func:`decode` prefills left-padded prompts into a KV cache, then feeds one token per step, and
+applies the final norm and the unembedding at the last position only, with ``W_U.T`` taken once
+per call. TL 3.9's ``generate`` instead computes logits at every prompt position and copies
+``W_U.T`` every step (670 MB for Gemma-3's vocabulary, unless ``load_model``'s layout avoids it);
+greedy tokens are identical. Blocks run through TL's forward, so every hook (hence every
+steerer attached by :func:`~steerinterp.steer.steered`) fires on the prompt and on each token.
 
 Sampling is paired across conditions: row ``(prompt, sample, seed)`` owns a generator seeded by
-:func:`row_seed` (independent of the batch, its size and the steering) and draws one uniform
-per step; the token is the inverse CDF of that uniform over the filtered distribution in a
-canonical order (probability descending, then token id). Steered and unsteered runs thus share
-their noise, and differ only where the distributions do.
+:func:`row_seed` (independent of the batch and the steering) that draws one uniform per step;
+the token is that uniform's inverse CDF over the filtered distribution in a canonical order
+(probability descending, then token id). Steered and unsteered runs share their noise and
+differ only where their distributions do.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ NON_TEXT_TOKENS = ("<start_of_image>", "<end_of_image>", "<image_soft_token>", "
 
 @dataclass(frozen=True)
 class GenerationSettings:
-    """How continuations are produced. ``temperature=0`` is greedy decoding.
+    """How continuations are produced. ``temperature=0`` is greedy (all samples identical).
 
     ``repetition_penalty`` follows HF/CTRL: logits of tokens already present (prompt and
     generated, pads excluded) are divided by it if positive, multiplied if negative.
@@ -144,7 +144,8 @@ def unembed_weight(model: HookedTransformer) -> Float[torch.Tensor, "d_vocab d_m
 
 def _last_logits(model: HookedTransformer, tokens: Int[torch.Tensor, "batch pos"],
                  mask: Int[torch.Tensor, "batch pos"], cache: TransformerLensKeyValueCache,
-                 w_t: Float[torch.Tensor, "d_vocab d_model"]) -> Float[torch.Tensor, "batch d_vocab"]:
+                 w_t: Float[torch.Tensor, "d_vocab d_model"],
+                 ) -> Float[torch.Tensor, "batch d_vocab"]:
     """Run ``tokens`` through the blocks (hooks fire on every position, the cache grows), then
     the final norm and the unembedding on the last position only, as TL's forward would."""
     resid = model(tokens, attention_mask=mask, past_kv_cache=cache,
@@ -178,17 +179,19 @@ def _sample_row(x: Float[torch.Tensor, "d_vocab"], probs: Float[torch.Tensor, "d
     """Inverse-CDF draw of ``u`` over the top-k / top-p filtered ``probs = softmax(x)``, in
     canonical order."""
     vocab = x.shape[0]
-    truncated = settings.top_p < 1 or (settings.top_k is not None and settings.top_k < vocab)
-    ids = _canonical_head(x, max(HEAD, settings.top_k or 0))
-    if truncated and settings.top_p < 1 and probs[ids].sum() < settings.top_p:
-        ids = _canonical_head(x, vocab)  # a flat distribution: the nucleus leaves the head
-    if not truncated and ids.shape[0] < vocab:  # the tail keeps id order: no sort needed
-        tail = torch.ones(vocab, dtype=torch.bool, device=x.device)
-        tail[ids] = False
-        ids = torch.cat([ids, tail.nonzero()[:, 0]])
-    p = probs[ids]
-    if settings.top_k is not None:
-        p = p[: settings.top_k]
+    k = settings.top_k if settings.top_k is not None and settings.top_k < vocab else None
+    if k is not None:  # as HF: top-k first, then top-p on the renormalised top-k distribution
+        ids = _canonical_head(x, k)[:k]
+        p = probs[ids] / probs[ids].sum()
+    else:
+        ids = _canonical_head(x, HEAD)
+        if settings.top_p == 1:  # nothing is filtered: the tail follows in id order, unsorted
+            tail = torch.ones(vocab, dtype=torch.bool, device=x.device)
+            tail[ids] = False
+            ids = torch.cat([ids, tail.nonzero()[:, 0]])
+        elif probs[ids].sum() < settings.top_p:  # a flat distribution: the nucleus is wider
+            ids = _canonical_head(x, vocab)
+        p = probs[ids]
     if settings.top_p < 1:  # keep the smallest head whose mass reaches top_p (HF's rule)
         p = p.masked_fill(p.cumsum(-1) - p >= settings.top_p, 0)
     cdf = p.cumsum(-1)
@@ -354,15 +357,11 @@ def generate(model: HookedTransformer, prompts: Sequence[str], *steerers: Steere
         "sample": [s for _, s in order], "seed": settings.seed,
         "continuation": [texts[r] for r in order], "n_new_tokens": [counts[r] for r in order]})
     if scorer is not None:
-        df["score"] = _scores(scorer, df["continuation"].tolist())
+        scores = np.asarray(scorer(df["continuation"].tolist()), dtype=float).reshape(-1)
+        if len(scores) != len(df):
+            raise ValueError(f"scorer returned {len(scores)} scores for {len(df)} texts")
+        df["score"] = scores
     return df
-
-
-def _scores(scorer, texts: list[str]) -> np.ndarray:
-    scores = np.asarray(scorer(texts), dtype=float).reshape(-1)
-    if scores.shape[0] != len(texts):
-        raise ValueError(f"scorer returned {scores.shape[0]} scores for {len(texts)} texts")
-    return scores
 
 
 # --------------------------------------------------------------------------- files

@@ -12,6 +12,7 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from matplotlib.ticker import MaxNLocator
 
 from .base import STYLE, figure
 
@@ -32,7 +33,8 @@ def _text(s: str) -> str:
 def _sets_label(df: pd.DataFrame) -> str:
     a = df.attrs
     if "n_pos" in a:
-        return f" ({a['n_pos']} positive vs {a['n_neg']} negative texts, {a.get('pool', '')}-pooled)"
+        pool = f", {a['pool']}-pooled" if a.get("pool") else ""
+        return f" ({a['n_pos']} positive vs {a['n_neg']} negative texts{pool})"
     return ""
 
 
@@ -68,7 +70,8 @@ def plot_auroc_map(df: pd.DataFrame):
             ax.grid(False)
         axes[0, 0].set_ylabel("layer")
         step = max(1, len(layers) // 12)
-        axes[0, 0].set_yticks(range(0, len(layers), step), [layers[i] for i in range(0, len(layers), step)])
+        ticks = range(0, len(layers), step)
+        axes[0, 0].set_yticks(ticks, [layers[i] for i in ticks])
         cbar = fig.colorbar(im, ax=axes[0].tolist(), shrink=0.9)
         cbar.set_label("AUROC, positive vs negative (0.5 = chance)")
         fig.suptitle("Unit AUROC per layer" + _sets_label(df))
@@ -76,7 +79,8 @@ def plot_auroc_map(df: pd.DataFrame):
 
 
 # -- distribution -----------------------------------------------------------------------------
-_BANDS = ((0.0, 1.0, 0.12, "min–max"), (0.05, 0.95, 0.25, "5–95%"), (0.25, 0.75, 0.45, "25–75%"))
+_BANDS = ((0.0, 1.0, 0.12, "min–max"), (0.05, 0.95, 0.25, "5–95%"),
+          (0.25, 0.75, 0.45, "25–75%"))
 
 
 def plot_auroc_distribution(df: pd.DataFrame):
@@ -99,39 +103,52 @@ def plot_auroc_distribution(df: pd.DataFrame):
             ax.set_title(point)
             ax.set_xlabel("layer")
             ax.set_ylim(0, 1)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         axes[0, 0].set_ylabel("AUROC, positive vs negative")
-        axes[0, -1].legend(loc="lower right", fontsize=8, framealpha=0.9)
+        # Outside the panels: inside, it would hide the low tail of some layer.
+        fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="outside right center",
+                   title="units per layer")
         fig.suptitle("Distribution of unit AUROCs per layer" + _sets_label(df))
     return fig
 
 
 # -- expert overlap ---------------------------------------------------------------------------
-def _overlap_matrix(df: pd.DataFrame) -> tuple[list[str], np.ndarray, dict[str, int]]:
-    """Symmetric Jaccard matrix (also from a frame holding each pair once) and set sizes."""
+def _overlap_matrix(df: pd.DataFrame) -> tuple[list[str], np.ndarray, np.ndarray, dict]:
+    """Symmetric Jaccard and shared-count matrices (also from a frame holding each pair once)
+    and the set sizes; counts are NaN when the frame has no ``n_both``."""
     both = pd.concat([df, df.rename(columns={"concept_a": "concept_b", "concept_b": "concept_a",
                                              "n_a": "n_b", "n_b": "n_a"})])
+    both = both.drop_duplicates(["concept_a", "concept_b"])
     concepts = list(dict.fromkeys([*df["concept_a"], *df["concept_b"]]))
-    m = both.drop_duplicates(["concept_a", "concept_b"]).pivot(
-        index="concept_a", columns="concept_b", values="jaccard").reindex(concepts, columns=concepts)
+
+    def matrix(col):
+        if col not in both:
+            return np.full((len(concepts), len(concepts)), np.nan)
+        m = both.pivot(index="concept_a", columns="concept_b", values=col)
+        return m.reindex(concepts, columns=concepts).to_numpy(dtype=float)
+
     sizes = dict(zip(both["concept_a"], both["n_a"])) if "n_a" in both else {}
-    return concepts, m.to_numpy(dtype=float), sizes
+    return concepts, matrix("jaccard"), matrix("n_both"), sizes
 
 
 def plot_expert_overlap(overlap_df: pd.DataFrame):
     """Heatmap of :func:`~steerinterp.analysis.expert_overlap` Jaccard overlaps, cells
-    annotated; the diagonal (1 by definition) shows each set's size instead."""
+    annotated with the value and the shared count; the diagonal (1 by definition) shows each
+    set's size instead, and the colour scale spans the off-diagonal values."""
     _need(overlap_df, ["concept_a", "concept_b", "jaccard"], "plot_expert_overlap")
-    concepts, m, sizes = _overlap_matrix(overlap_df)
+    concepts, m, shared, sizes = _overlap_matrix(overlap_df)
     k = len(concepts)
     off = m.copy()
     np.fill_diagonal(off, np.nan)
     top = np.nanmax(off) if np.isfinite(off).any() else 1.0
     with plt.rc_context(STYLE):
-        fig, ax = figure(size=(1.4 + 1.1 * k, 0.9 + 0.9 * k), layout="constrained")
+        fig, ax = figure(size=(1.6 + 1.2 * k, 1.0 + 0.95 * k), layout="constrained")
         im = ax.imshow(off, cmap="viridis", vmin=0, vmax=max(top, 1e-3))
         for i in range(k):
             for j in range(k):
-                _annotate(ax, i, j, m[i, j], sizes.get(concepts[i]), im, diagonal=i == j)
+                label = (f"{sizes.get(concepts[i], '?')} experts" if i == j
+                         else _cell_label(m[i, j], shared[i, j]))
+                _annotate(ax, i, j, label, m[i, j], im, diagonal=i == j)
         ax.set_xticks(range(k), [_text(c) for c in concepts], rotation=30, ha="right")
         ax.set_yticks(range(k), [_text(c) for c in concepts])
         ax.set_xlabel("concept")
@@ -140,24 +157,28 @@ def plot_expert_overlap(overlap_df: pd.DataFrame):
         cbar = fig.colorbar(im, ax=ax, shrink=0.9)
         cbar.set_label("Jaccard overlap of expert sets")
         a = overlap_df.attrs
-        extra = f" ({a['metric']} ≥ {a['tau']})" if "tau" in a else ""
+        extra = f" ({a['metric'].upper()} ≥ {a['tau']:g})" if "tau" in a else ""
         ax.set_title("Expert-set overlap between concepts" + extra)
     return fig
 
 
-def _annotate(ax, i: int, j: int, value: float, size, im, diagonal: bool) -> None:
+def _cell_label(value: float, shared: float) -> str:
+    if not np.isfinite(value):
+        return "n/a"
+    return f"{value:.2f}" + (f"\n{int(shared)} shared" if np.isfinite(shared) else "")
+
+
+def _annotate(ax, i: int, j: int, label: str, value: float, im, diagonal: bool) -> None:
+    """Write ``label`` in cell (i, j), in a colour readable on the cell's background."""
     if diagonal:
         ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, color="0.9"))
-        label = f"n = {size}" if size is not None else "1"
-        ax.text(j, i, label, ha="center", va="center", fontsize=8, color="0.2")
-        return
-    if not np.isfinite(value):
-        ax.text(j, i, "n/a", ha="center", va="center", fontsize=8, color="0.4")
-        return
-    r, g, b, _ = im.cmap(im.norm(value))
-    dark = 0.299 * r + 0.587 * g + 0.114 * b < 0.5
-    ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=9,
-            color="white" if dark else "black")
+        color = "0.2"
+    elif not np.isfinite(value):
+        color = "0.4"
+    else:
+        r, g, b, _ = im.cmap(im.norm(value))
+        color = "white" if 0.299 * r + 0.587 * g + 0.114 * b < 0.5 else "black"
+    ax.text(j, i, label, ha="center", va="center", fontsize=8, color=color)
 
 
 # -- expert tokens ----------------------------------------------------------------------------
@@ -171,38 +192,43 @@ def _centred(context: str, n: int) -> str:
         return context
     mid = context.find("«")
     start = max(0, min(mid - n // 2, len(context) - n))
-    return ("…" if start else "") + context[start:start + n] + ("…" if start + n < len(context) else "")
+    tail = "…" if start + n < len(context) else ""
+    return ("…" if start else "") + context[start:start + n] + tail
 
 
 def plot_expert_tokens(tokens_df: pd.DataFrame, max_context: int = 60):
     """Table of :func:`~steerinterp.analysis.expert_tokens`: one row per expert with its
     strongest tokens (activation) and the context of the strongest hit."""
     _need(tokens_df, ["site", "unit", "token", "context", "activation"], "plot_expert_tokens")
-    df = tokens_df.sort_values(["rank", "activation"] if "rank" in tokens_df else ["activation"],
-                               ascending=[True, False] if "rank" in tokens_df else [False])
-    rows = []
-    for (site, unit), g in df.groupby(["site", "unit"], sort=False):
-        toks = ", ".join(f"{_clip(t.strip() or repr(t), 14)} ({a:.1f})"
-                         for t, a in zip(g["token"], g["activation"]))
-        auc = g["auroc"].iloc[0] if "auroc" in g else np.nan
-        rows.append([str(g["rank"].iloc[0]) if "rank" in g else "", f"{site}:{unit}",
-                     "" if pd.isna(auc) else f"{auc:.3f}", _text(_clip(toks, 70)),
-                     _text(_centred(g["context"].iloc[0], max_context))])
+    keys = ["rank", "activation"] if "rank" in tokens_df else ["activation"]
+    df = tokens_df.sort_values(keys, ascending=[True, False][-len(keys):], kind="stable")
+    rows = [_token_row(site, unit, g, max_context)
+            for (site, unit), g in df.groupby(["site", "unit"], sort=False)]
+    labels = ["rank", "expert (site:unit)", "AUROC", "top tokens (activation)",
+              "strongest context («token»)"]
     with plt.rc_context(STYLE):
-        fig, ax = figure(size=(15, 0.9 + 0.32 * (len(rows) + 1)), layout="constrained")
+        fig, ax = figure(size=(15, 0.7 + 0.27 * (len(rows) + 1)), layout="constrained")
         ax.axis("off")
-        table = ax.table(cellText=rows, colLabels=["rank", "expert (site:unit)", "AUROC",
-                                                   "top tokens (activation)",
-                                                   "strongest context («token»)"],
-                         colWidths=[0.05, 0.13, 0.07, 0.38, 0.37], cellLoc="left",
-                         loc="upper center")
+        widths = [0.04, 0.13, 0.06, 0.40, 0.37]
+        table = ax.table(cellText=rows, colLabels=labels, colWidths=widths, cellLoc="left",
+                         bbox=(0, 0, 1, 1))
         table.auto_set_font_size(False)
         table.set_fontsize(8)
-        table.scale(1, 1.35)
-        for (r, _), cell in table.get_celld().items():
+        for (r, c), cell in table.get_celld().items():
+            # PAD is a share of the cell's width: the same absolute inset in every column.
+            cell.PAD = 0.005 / widths[c]
             cell.set_edgecolor("0.8")
             if r == 0:
                 cell.set_text_props(weight="bold")
                 cell.set_facecolor("0.93")
         ax.set_title("Top experts and the tokens where they fire most")
     return fig
+
+
+def _token_row(site: str, unit: int, g: pd.DataFrame, max_context: int) -> list[str]:
+    toks = ", ".join(f"«{_clip(t.strip() or t, 14)}» {a:.3g}"
+                     for t, a in zip(g["token"], g["activation"]))
+    auc = g["auroc"].iloc[0] if "auroc" in g else np.nan
+    return [str(g["rank"].iloc[0]) if "rank" in g else "", f"{site}:{unit}",
+            "" if pd.isna(auc) else f"{auc:.3f}", _text(_clip(toks, 90)),
+            _text(_centred(g["context"].iloc[0], max_context))]
