@@ -103,3 +103,44 @@ def run(
     frame = run_job(m, spec, out, fresh=fresh, log=lambda msg: console().print(msg))
     cols = ["condition", "toxic_pct", "mean_score", "mean_score_se", "ppl", "fit_seconds"]
     _print_frame(frame[cols], f"{model} ({size}) -> {out}/report.md")
+
+
+@app.command()
+def figures(
+    model: str = MODEL,
+    size: str = typer.Option("default", help="quick (tests, tiny models) | default (the "
+                                             "committed figures)."),
+    only: str = typer.Option(None, help="Comma-separated analyses: auroc, sparsity, "
+                                        "token_scales, sae, attribution (default: all)."),
+    out: Path = typer.Option(Path("figures"), "--out", "-o", help="Figures folder."),
+    cache: Path = typer.Option(None, help="Where analysis frames and fitted steerers are "
+                                          "cached (default: results/figures/<model>-<size>)."),
+    seed: int = typer.Option(0), device: str = DEVICE,
+) -> None:
+    """Regenerate every analysis figure (PNG + the CSV it was drawn from) from cached frames,
+    computing what is missing."""
+    from .figures import make_figures
+    from .io import ensure_writable_dir
+
+    ensure_writable_dir(out)
+    m = _load(model, device)
+    paths = make_figures(m, out, size=size, cache=cache, seed=seed,
+                         only=[s.strip() for s in only.split(",")] if only else None,
+                         log=lambda msg: console().print(msg))
+    console().print(f"{len(paths)} figures in {out}")
+
+
+@app.command(name="train-sae")
+def train_sae_cmd(
+    site: str = typer.Option(..., help="Site the SAE reads, e.g. L9.ln2 or L6.resid_post."),
+    size: str = typer.Option("real", help="quick (seconds, tests) | real (for the figures)."),
+    seed: int = typer.Option(0), model: str = MODEL, device: str = DEVICE,
+) -> None:
+    """Train (once; cached and reused) a sae-lens SAE on the model's activations at SITE."""
+    from .analysis.sae_train import train_sae
+    from .sites import Site
+
+    m = _load(model, device)
+    parsed = Site.parse(site).validate(m)
+    sae = train_sae(m, parsed, size=size, seed=seed)
+    console().print(f"SAE at {parsed}: d_in {sae.cfg.d_in}, d_sae {sae.cfg.d_sae}")

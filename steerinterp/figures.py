@@ -1,0 +1,144 @@
+"""``steerinterp figures``: every figure in ``figures/`` regenerated from cached analysis
+frames, computing (at a chosen size) only what is missing.
+
+Each analysis is a pair: ``compute(ctx) -> {name: DataFrame}`` (slow; cached as CSV under the
+cache folder with a key of model, size and seed) and ``draw(frames) -> {name: Figure}`` (fast;
+only reads the frames). ``save_figure`` writes each PNG next to the CSV it was drawn from.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import pandas as pd
+from transformer_lens import HookedTransformer
+
+from .data import length_match, load_texts
+from .io import CorruptFileError, ensure_writable_dir, fingerprint, read_csv, read_json, write_csv
+from .io import write_json
+from .steer import Steerer, SteerError, load_steerer, make
+
+
+@dataclass(frozen=True)
+class FigureSize:
+    n_texts: int  # toxic and Wikipedia texts per set (fits and analyses)
+    lineas_steps: int
+    gammas: tuple[float, ...]  # LinEAS sparsity path
+    sae: str  # train_sae size
+    n_attr: int  # held-out toxic texts for attribution
+    top_k_units: int
+
+
+SIZES = {
+    "quick": FigureSize(n_texts=12, lineas_steps=3, gammas=(0.0, 0.5, 5.0), sae="quick",
+                        n_attr=6, top_k_units=20),
+    "default": FigureSize(n_texts=64, lineas_steps=40, gammas=(0.0, 0.03, 0.1, 0.3, 1.0),
+                          sae="real", n_attr=32, top_k_units=200),
+}
+
+
+@dataclass
+class Context:
+    """What every analysis shares: the model, the texts, the size and the cache folder."""
+
+    model: HookedTransformer
+    size: str
+    cache: Path
+    seed: int = 0
+    log: Callable[[str], None] = print
+    _steerers: dict[str, Steerer] = field(default_factory=dict)
+
+    @property
+    def z(self) -> FigureSize:
+        return SIZES[self.size]
+
+    def texts(self) -> tuple[list[str], list[str]]:
+        """Length-matched toxic / Wikipedia fit sets."""
+        return length_match(self.model, load_texts("toxic", n=self.z.n_texts, seed=self.seed),
+                            load_texts("wiki_target", n=self.z.n_texts, seed=self.seed))
+
+    def held_out(self, name: str, n: int) -> list[str]:
+        """Texts not in the fit sets (the far end of the seeded order)."""
+        pool = load_texts(name)
+        return load_texts(name, n=len(pool), seed=self.seed)[-n:]
+
+    def steerer(self, name: str, method: str | None = None, **options) -> Steerer:
+        """Fit (or load from the cache) a steerer on the fit sets."""
+        if name in self._steerers:
+            return self._steerers[name]
+        path = self.cache / "steerers" / name
+        steerer = None
+        if (path / "config.json").exists():
+            try:
+                steerer = load_steerer(path, self.model)
+            except (CorruptFileError, SteerError, FileNotFoundError, ValueError):
+                steerer = None
+        if steerer is None:
+            self.log(f"[figures] fitting {name}")
+            src, tgt = self.texts()
+            steerer = make(method or name, **options).fit(self.model, src, tgt)
+            steerer.save(path)
+        self._steerers[name] = steerer
+        return steerer
+
+
+def _frames(ctx: Context, analysis: str, compute) -> dict[str, pd.DataFrame]:
+    """The analysis's frames from the cache, or computed and cached."""
+    folder = ctx.cache / "frames" / analysis
+    key = fingerprint({"model": ctx.model.cfg.model_name, "size": asdict(ctx.z),
+                       "seed": ctx.seed, "analysis": analysis})
+    meta = folder / "done.json"
+    if meta.exists():
+        try:
+            done = read_json(meta, f"{analysis} frames")
+            if done.get("key") == key:
+                return {n: read_csv(folder / f"{n}.csv", f"{analysis} frame {n}")
+                        for n in done["frames"]}
+        except (CorruptFileError, FileNotFoundError):
+            pass
+    ctx.log(f"[figures] computing {analysis} ({ctx.size} size)")
+    frames = compute(ctx)
+    for name, frame in frames.items():
+        write_csv(folder / f"{name}.csv", frame)
+    write_json(meta, {"key": key, "frames": list(frames)})
+    return frames
+
+
+ANALYSES: dict[str, tuple[Callable, Callable]] = {}
+
+
+def analysis(name: str):
+    def register(pair: tuple[Callable, Callable]):
+        ANALYSES[name] = pair
+        return pair
+    return register
+
+
+def make_figures(model: HookedTransformer, out: str | Path = "figures", size: str = "default",
+                 cache: str | Path | None = None, only: list[str] | None = None, seed: int = 0,
+                 log: Callable[[str], None] = print) -> list[Path]:
+    """Regenerate the figures of ``only`` (default: every analysis) into ``out``; returns the
+    PNG paths. Frames are cached in ``cache`` (default ``results/figures/<model>-<size>``)."""
+    from . import figures_analyses  # noqa: F401  (registers the analyses)
+    from .plots import save_figure
+
+    if size not in SIZES:
+        raise ValueError(f"unknown size {size!r}; sizes: {', '.join(SIZES)}")
+    names = only or list(ANALYSES)
+    unknown = [n for n in names if n not in ANALYSES]
+    if unknown:
+        raise ValueError(f"unknown analysis {unknown}; known: {', '.join(ANALYSES)}")
+    out = ensure_writable_dir(Path(out))
+    cache = Path(cache or Path("results/figures") / f"{model.cfg.model_name.replace('/', '_')}"
+                                                      f"-{size}")
+    ctx = Context(model, size, ensure_writable_dir(cache), seed, log)
+    written = []
+    for name in names:
+        compute, draw = ANALYSES[name]
+        frames = _frames(ctx, name, compute)
+        for fig_name, (fig, frame) in draw(frames).items():
+            written.append(save_figure(fig, frame, fig_name, out))
+            log(f"[figures] wrote {written[-1]}")
+    return written

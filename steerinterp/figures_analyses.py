@@ -1,0 +1,153 @@
+"""The analyses ``steerinterp figures`` draws: each a ``compute`` (model → frames) and a
+``draw`` (frames → figures) registered in :data:`steerinterp.figures.ANALYSES`."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from .figures import Context, analysis
+from .sites import parse_sites
+
+
+def _auroc(ctx: Context) -> dict[str, pd.DataFrame]:
+    from .analysis import expert_overlap, expert_sets, expert_tokens, neuron_auroc, top_experts
+
+    toxic, wiki = ctx.texts()
+    scores = neuron_auroc(ctx.model, toxic, wiki, progress=False)
+    tokens = expert_tokens(ctx.model, top_experts(scores, k=12), toxic)
+    sets = expert_sets(ctx.model, n_texts=ctx.z.n_texts, progress=False)
+    return {"auroc_scores": scores, "expert_tokens": tokens,
+            "expert_overlap": expert_overlap(sets)}
+
+
+def _draw_auroc(frames):
+    from .plots import (plot_auroc_distribution, plot_auroc_map, plot_expert_overlap,
+                        plot_expert_tokens)
+
+    scores = frames["auroc_scores"]
+    return {"auroc_map": (plot_auroc_map(scores), scores),
+            "auroc_distribution": (plot_auroc_distribution(scores), scores),
+            "expert_tokens": (plot_expert_tokens(frames["expert_tokens"]),
+                              frames["expert_tokens"]),
+            "expert_overlap": (plot_expert_overlap(frames["expert_overlap"]),
+                               frames["expert_overlap"])}
+
+
+analysis("auroc")((_auroc, _draw_auroc))
+
+
+def _sparsity(ctx: Context) -> dict[str, pd.DataFrame]:
+    from .analysis import fit_lineas_path, layer_sparsity
+
+    toxic, wiki = ctx.texts()
+    path = fit_lineas_path(ctx.model, toxic, wiki, list(ctx.z.gammas),
+                           base_config={"steps": ctx.z.lineas_steps},
+                           cache_dir=ctx.cache / "lineas_path", progress=False)
+    return {"layer_sparsity": layer_sparsity(path, list(ctx.z.gammas))}
+
+
+def _draw_sparsity(frames):
+    from .plots import plot_support_path, plot_surviving_layers
+
+    df = frames["layer_sparsity"]
+    return {"lineas_support_path": (plot_support_path(df), df),
+            "lineas_surviving_layers": (plot_surviving_layers(df), df)}
+
+
+analysis("sparsity")((_sparsity, _draw_sparsity))
+
+
+EXAMPLES = ["You are a disgusting idiot and everyone hates you.",
+            "The river flows north through the valley before reaching the sea."]
+
+
+def _token_scales(ctx: Context) -> dict[str, pd.DataFrame]:
+    from .analysis import mean_scale_by_site, token_scales
+    from .steer import make
+
+    toxic, wiki = ctx.texts()
+    base = ctx.steerer("linear_act")
+    dsas = make("dsas", base=base).fit(ctx.model, toxic,
+                                       control=load_control(ctx))
+    groups = {"toxic (held out)": ctx.held_out("toxic", ctx.z.n_texts // 2),
+              "Wikipedia (held out)": ctx.held_out("wiki_ppl", ctx.z.n_texts // 2)}
+    return {"token_scales": token_scales(ctx.model, dsas, EXAMPLES),
+            "scale_by_site": mean_scale_by_site(ctx.model, dsas, groups)}
+
+
+def load_control(ctx: Context) -> list[str]:
+    from .data import load_texts
+
+    return load_texts("wiki_control", n=ctx.z.n_texts, seed=ctx.seed)
+
+
+def _draw_token_scales(frames):
+    from .plots import plot_scale_by_site, plot_token_heatmap
+
+    tok, by_site = frames["token_scales"], frames["scale_by_site"]
+    return {"dsas_token_scales": (plot_token_heatmap(tok, [0, 1]), tok),
+            "dsas_scale_by_site": (plot_scale_by_site(by_site), by_site)}
+
+
+analysis("token_scales")((_token_scales, _draw_token_scales))
+
+
+def _sae(ctx: Context) -> dict[str, pd.DataFrame]:
+    from .analysis import sae_overlap, train_sae
+
+    toxic, wiki = ctx.texts()
+    steerers = {"linear_act": ctx.steerer("linear_act"), "mean_shift": ctx.steerer("mean_shift")}
+    shared = [s for s in steerers["linear_act"].sites if s in steerers["mean_shift"].sites]
+    site = shared[len(shared) // 2]  # a middle layer both methods steer
+    sae = train_sae(ctx.model, site, size=ctx.z.sae, seed=ctx.seed, progress=False)
+    result = sae_overlap(ctx.model, steerers, sae, toxic, wiki, site=site)
+    return {"sae_alignment": result.alignment, "sae_changes": result.changes,
+            "sae_overlap": result.overlap, "sae_top_tokens": result.top_tokens}
+
+
+def _draw_sae(frames):
+    from .analysis.sae_overlap import feature_labels
+    from .plots import plot_feature_changes, plot_feature_overlap, plot_shift_alignment
+
+    labels = feature_labels(frames["sae_top_tokens"]) if len(frames["sae_top_tokens"]) else None
+    return {"sae_shift_alignment": (plot_shift_alignment(frames["sae_alignment"], labels=labels),
+                                    frames["sae_alignment"]),
+            "sae_feature_changes": (plot_feature_changes(frames["sae_changes"], labels=labels),
+                                    frames["sae_changes"]),
+            "sae_feature_overlap": (plot_feature_overlap(frames["sae_overlap"]),
+                                    frames["sae_overlap"])}
+
+
+analysis("sae")((_sae, _draw_sae))
+
+
+def _attribution(ctx: Context) -> dict[str, pd.DataFrame]:
+    from .analysis import attribute, validate_units
+
+    steerer = ctx.steerer("mean_shift")
+    texts = ctx.held_out("toxic", ctx.z.n_attr)
+    neutral = ctx.held_out("wiki_ppl", ctx.z.n_attr)
+    sites = attribute(ctx.model, steerer, texts, level="site", neutral_texts=neutral,
+                      progress=False)
+    units = attribute(ctx.model, steerer, texts, level="unit", neutral_texts=neutral,
+                      top_k=ctx.z.top_k_units, progress=False)
+    ks = sorted({1, 10, ctx.z.top_k_units // 2, ctx.z.top_k_units})
+    check = validate_units(ctx.model, steerer, units, texts, ks=ks, progress=False)
+    return {"attribution_sites": sites, "attribution_units": units,
+            "attribution_validation": check}
+
+
+def _draw_attribution(frames):
+    from .plots import plot_site_attribution, plot_unit_attribution, plot_unit_validation
+
+    return {"attribution_sites": (plot_site_attribution(frames["attribution_sites"]),
+                                  frames["attribution_sites"]),
+            "attribution_units": (plot_unit_attribution(frames["attribution_units"]),
+                                  frames["attribution_units"]),
+            "attribution_validation": (plot_unit_validation(frames["attribution_validation"]),
+                                       frames["attribution_validation"])}
+
+
+analysis("attribution")((_attribution, _draw_attribution))
+
+__all__ = ["EXAMPLES", "parse_sites"]

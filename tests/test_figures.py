@@ -1,0 +1,60 @@
+"""``steerinterp figures`` at quick size on the tiny model: PNG + CSV per figure, cached frames."""
+
+import pytest
+from typer.testing import CliRunner
+
+import steerinterp.figures as figures
+from steerinterp.cli import app
+from steerinterp.models import load_model
+
+QUIET = dict(size="quick", log=lambda msg: None)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_model("tiny-gpt2")
+
+
+@pytest.fixture(scope="module")
+def made(model, tmp_path_factory):
+    root = tmp_path_factory.mktemp("figs")
+    paths = figures.make_figures(model, root / "figures", cache=root / "cache", **QUIET)
+    return root, paths
+
+
+def test_every_analysis_writes_png_and_csv(made):
+    root, paths = made
+    names = {p.stem for p in paths}
+    assert {"auroc_map", "auroc_distribution", "expert_tokens", "expert_overlap",
+            "lineas_support_path", "lineas_surviving_layers", "dsas_token_scales",
+            "dsas_scale_by_site", "sae_shift_alignment", "sae_feature_changes",
+            "sae_feature_overlap", "attribution_sites", "attribution_units",
+            "attribution_validation"} <= names
+    for p in paths:
+        assert p.stat().st_size > 2000 and p.with_suffix(".csv").exists()
+
+
+def test_figures_are_redrawn_from_cached_frames(model, made, monkeypatch):
+    root, _ = made
+    compute, draw = figures.ANALYSES["auroc"]
+    monkeypatch.setitem(figures.ANALYSES, "auroc",
+                        (lambda ctx: pytest.fail("recomputed"), draw))
+    paths = figures.make_figures(model, root / "again", cache=root / "cache", only=["auroc"],
+                                 **QUIET)
+    assert {p.stem for p in paths} == {"auroc_map", "auroc_distribution", "expert_tokens",
+                                       "expert_overlap"}
+
+
+def test_unknown_analysis_and_size_are_named(model, tmp_path):
+    with pytest.raises(ValueError, match=r"unknown analysis \['saliency'\]"):
+        figures.make_figures(model, tmp_path, only=["saliency"], **QUIET)
+    with pytest.raises(ValueError, match="unknown size 'huge'"):
+        figures.make_figures(model, tmp_path, size="huge")
+
+
+def test_unwritable_figures_folder_is_a_clear_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    result = CliRunner().invoke(app, ["figures", "--model", "tiny-gpt2", "--size", "quick",
+                                      "--out", str(blocker / "figures")])
+    assert result.exit_code != 0 and "cannot create directory" in str(result.exception)
