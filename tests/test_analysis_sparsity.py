@@ -1,6 +1,7 @@
 """analysis/sparsity.py and plots/sparsity.py: LinEAS along a γ path on a tiny model."""
 
 import copy
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -43,7 +44,8 @@ def test_columns_and_ranges(path, frame):
     assert len(frame) == len(GAMMAS) * n_sites
     assert list(frame["gamma"].unique()) == GAMMAS
     assert frame["support"].between(0, 1).all()
-    assert (frame["n_units"] == 32).all() and (frame[["lambda1", "lambda_group"]] == 1.0).all().all()
+    assert (frame["n_units"] == 32).all()
+    assert (frame["lambda1"] == 1.0).all() and (frame["lambda_group"] == 1.0).all()
     assert frame["active"].dtype == bool
     first = frame[frame["gamma"] == 0.0]
     assert list(first["site"]) == [str(s) for s in sorted(path[0].sites)]
@@ -85,7 +87,7 @@ def test_evaluation_errors(frame):
         merge_evaluation(frame, pd.DataFrame({"ppl": [1.0]}))
     with pytest.raises(ValueError, match="one row per gamma"):
         merge_evaluation(frame, pd.DataFrame({"gamma": [0.0, 0.0], "ppl": [1.0, 2.0]}))
-    with pytest.raises(ValueError, match=r"clash.*support"):
+    with pytest.raises(ValueError, match=r"\['support'\] clash"):
         merge_evaluation(frame, pd.DataFrame({"gamma": [0.0], "support": [1.0]}))
     with pytest.raises(ValueError, match="no evaluation gamma"):
         merge_evaluation(frame, pd.DataFrame({"gamma": [5.0], "ppl": [1.0]}))
@@ -95,23 +97,26 @@ def test_cache_reuses_and_resumes(model, tmp_path, monkeypatch):
     opts = {"steps": 2, "lr": 0.1}
     first = fit_lineas_path(model, SRC, TGT, [0.0, 0.01], opts, cache_dir=tmp_path,
                             progress=False)
-    entries = sorted(p.name for p in tmp_path.iterdir())
-    assert len(entries) == 2 and entries[0].startswith("lineas_gamma=0_")
-    fits = []
-    real_fit = Lineas.fit
-    monkeypatch.setattr(Lineas, "fit", lambda self, *a, **k: fits.append(1) or real_fit(self, *a, **k))
+    entries = sorted(p.name for p in tmp_path.iterdir())  # "=0.01_" sorts before "=0_"
+    assert [e.split("_")[1] for e in entries] == ["gamma=0.01", "gamma=0"]
+    fits, real_fit = [], Lineas.fit
+
+    def counting_fit(self, *args, **kwargs):
+        fits.append(self.config.gamma)
+        return real_fit(self, *args, **kwargs)
+
+    monkeypatch.setattr(Lineas, "fit", counting_fit)
     again = fit_lineas_path(model, SRC, TGT, [0.0, 0.01], opts, cache_dir=tmp_path,
                             progress=False)
     assert not fits  # both loaded from the cache
     for a, b in zip(first, again):
         assert a.config == b.config
         assert all(np.array_equal(a.tensors[k].detach(), b.tensors[k].detach()) for k in a.tensors)
-    import shutil
-    shutil.rmtree(tmp_path / entries[1])  # an interrupted path: only the missing γ is refitted
+    shutil.rmtree(tmp_path / entries[0])  # an interrupted path: only the missing γ is refitted
     fit_lineas_path(model, SRC, TGT, [0.0, 0.01], opts, cache_dir=tmp_path, progress=False)
-    assert len(fits) == 1
+    assert fits == [0.01]
     fit_lineas_path(model, SRC, TGT[:5], [0.0], opts, cache_dir=tmp_path, progress=False)
-    assert len(fits) == 2  # other data: another cache key, a fresh fit
+    assert fits == [0.01, 0.0]  # other data: another cache key, a fresh fit
 
 
 def test_bad_inputs(model, path):
@@ -151,8 +156,9 @@ def _hand_frame(evaluation: bool = False) -> pd.DataFrame:
                              "bias_norm": norm / 2, "group_norm": norm, "active": norm > 0})
     df = pd.DataFrame(rows)
     if evaluation:
-        df = df.merge(pd.DataFrame({"gamma": [0.0, 0.01, 0.1, 1.0], "toxic_share": [.1, .1, .2, .5],
-                                    "ppl": [25.0, 22.0, 20.0, 19.0]}), on="gamma")
+        ev = pd.DataFrame({"gamma": [0.0, 0.01, 0.1, 1.0], "toxic_share": [.1, .1, .2, .5],
+                           "ppl": [25.0, 22.0, 20.0, 19.0], "n_prompts": 24})
+        df = df.merge(ev, on="gamma")
     return df
 
 
@@ -171,6 +177,7 @@ def test_plot_surviving_layers(tmp_path, evaluation):
     fig = plot_surviving_layers(df)
     labels = [ax.get_ylabel() for ax in fig.axes]
     assert ("toxic_share" in labels and "ppl" in labels) == evaluation
+    assert "n_prompts" not in labels  # counts are not headline metrics
     assert "layer\n(attn_out)" in labels and "layer\n(mlp_out)" in labels
     bottom = next(ax for ax in fig.axes if ax.get_ylabel() == "layer\n(mlp_out)")
     ticks = [t.get_text() for t in bottom.get_xticklabels()]

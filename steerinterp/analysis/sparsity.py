@@ -66,6 +66,14 @@ def _data_key(data) -> object:
     return list(data) if isinstance(data, (list, tuple)) else repr(data)
 
 
+def cache_name(model: HookedTransformer, steerer: Lineas, source, target) -> str:
+    """``lineas_gamma=<γ>_<key>``: ``key`` hashes the model, every option and the data, so a
+    cached fit is reused only for the very same inputs."""
+    key = fingerprint({"model": model_info(model).to_dict(), "config": asdict(steerer.config),
+                       "source": _data_key(source), "target": _data_key(target)})
+    return f"lineas_gamma={steerer.config.gamma:.6g}_{key[:12]}"
+
+
 def fit_lineas_path(model: HookedTransformer, source, target, gammas: Sequence[float],
                     base_config: dict | None = None, cache_dir: str | Path | None = None,
                     progress: bool = True) -> list[Lineas]:
@@ -74,7 +82,7 @@ def fit_lineas_path(model: HookedTransformer, source, target, gammas: Sequence[f
     steerers in the order of ``gammas``.
 
     Each fit starts from the identity: ``Lineas.fit`` initialises its maps itself, so a path
-    cannot be warm-started from the previous γ (the paper fits each γ from scratch too).
+    cannot be warm-started from the previous γ; fits are independent (and any order works).
     With ``cache_dir`` every fitted steerer is saved as ``lineas_gamma=<γ>_<key>/``, where
     ``key`` hashes the model, the options and the data; a later call with the same inputs loads
     it instead of refitting, so an interrupted path resumes where it stopped.
@@ -86,16 +94,11 @@ def fit_lineas_path(model: HookedTransformer, source, target, gammas: Sequence[f
     steerers = [make("lineas", **opts, gamma=g) for g in gammas]  # bad options fail before fitting
     cache = Path(cache_dir) if cache_dir is not None else None
     out = []
-    for g, steerer in zip(tqdm(gammas, desc="lineas γ path", disable=not progress), steerers):
-        entry = None
-        if cache is not None:
-            key = fingerprint({"model": model_info(model).to_dict(),
-                               "config": asdict(steerer.config),
-                               "source": _data_key(source), "target": _data_key(target)})
-            entry = cache / f"lineas_gamma={g:.6g}_{key[:12]}"
-            if (entry / "config.json").exists():  # save() writes config.json last
-                out.append(load_steerer(entry, model))
-                continue
+    for steerer in tqdm(steerers, desc="lineas γ path", disable=not progress):
+        entry = None if cache is None else cache / cache_name(model, steerer, source, target)
+        if entry is not None and (entry / "config.json").exists():  # save() writes it last
+            out.append(load_steerer(entry, model))
+            continue
         steerer.fit(model, source, target)
         if entry is not None:
             steerer.save(entry)

@@ -8,11 +8,13 @@ import numpy as np
 import pandas as pd
 from matplotlib import colors
 from matplotlib.patches import Patch
+from matplotlib.ticker import MaxNLocator
 
 from ..analysis.sparsity import SPARSITY_COLUMNS
 from ..sites import POINTS
 from .base import STYLE, figure
 
+HEADLINE = ("toxic_share", "mean_score", "toxicity", "ppl", "perplexity", "mmlu")
 INACTIVE = "#d9d9d9"  # cells / points of sites the group lasso switched off
 
 
@@ -39,7 +41,7 @@ def _gamma_axis(ax, gammas: np.ndarray) -> None:
 
 def plot_support_path(df: pd.DataFrame):
     """Support (share of units steered) against γ: one panel per point, one line per layer
-    (colour = depth), and the unit-weighted support over all sites in black."""
+    (colour = depth), and the unit-weighted support of all the panel's sites (black dashes)."""
     _need(df, ["gamma", "layer", "point", "support"], "plot_support_path")
     points = _points(df)
     fig, axes = figure(1, len(points), size=(4.6 * len(points) + 1.2, 4.0), sharey=True,
@@ -55,14 +57,17 @@ def plot_support_path(df: pd.DataFrame):
             weights = sub["n_units"] if "n_units" in sub else pd.Series(1.0, index=sub.index)
             total = (sub.assign(w=weights, ws=weights * sub["support"]).groupby("gamma")
                      [["w", "ws"]].sum())
-            ax.plot(total.index, total["ws"] / total["w"], "k--", lw=2, label="all sites")
+            ax.plot(total.index, total["ws"] / total["w"], "k--", lw=2,
+                    label=f"all {point} units")
             _gamma_axis(ax, gammas)
             ax.set_title(point)
             ax.set_ylim(-0.03, 1.03)
             ax.legend(loc="lower left")
         axes[0, 0].set_ylabel("support (share of units steered)")
-        fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), ax=axes[0].tolist(),
-                     label="layer")
+        bar = fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), ax=axes[0].tolist(),
+                           label="layer")
+        bar.locator = MaxNLocator(integer=True)
+        bar.update_ticks()
         fig.suptitle("LinEAS support along the γ path")
     return fig
 
@@ -74,16 +79,18 @@ def _metric_columns(df: pd.DataFrame, metrics: list[str] | None) -> list[str]:
         return list(metrics)
     extra = [c for c in df.columns if c not in SPARSITY_COLUMNS
              and pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c])]
-    return [c for c in extra if df[c].notna().any()
-            and (df.groupby("gamma")[c].nunique(dropna=True) <= 1).all()]
+    extra = [c for c in extra if df[c].notna().any()
+             and (df.groupby("gamma")[c].nunique(dropna=True) <= 1).all()]
+    # An evaluation summary also carries counts and SEs: show the headline metrics if present.
+    return [c for c in HEADLINE if c in extra] or extra
 
 
 def plot_surviving_layers(df: pd.DataFrame, metrics: list[str] | None = None):
     """Layer × γ heatmap of each site's group norm ``‖ω−1‖₂ + ‖b‖₂`` (grey: switched off), one
     panel per point, stacked on a shared γ axis whose labels count the active sites. When the
     frame carries evaluation columns (``metrics``; default: every per-γ numeric column that
-    ``layer_sparsity`` merged, e.g. ``toxic_share``, ``ppl``), a line panel per metric sits on
-    top, so each γ's toxicity / perplexity reads straight above the layers it kept."""
+    ``layer_sparsity`` merged, restricted to the headline ones such as ``toxic_share``,
+    ``mean_score``, ``ppl`` when present), a line panel per metric sits on top, so each γ's toxicity / perplexity reads straight above the layers it kept."""
     _need(df, ["gamma", "layer", "point", "group_norm"], "plot_surviving_layers")
     metrics = _metric_columns(df, metrics)
     points, gammas = _points(df), np.sort(df["gamma"].unique())
@@ -125,8 +132,7 @@ def _norm(df: pd.DataFrame) -> colors.Normalize:
 def _norm_panel(ax, sub: pd.DataFrame, gammas: np.ndarray, layers: np.ndarray, norm):
     grid = (sub.pivot_table(index="layer", columns="gamma", values="group_norm", aggfunc="first")
             .reindex(index=layers, columns=gammas).to_numpy(float))
-    cmap = plt.get_cmap("viridis").copy()
-    cmap.set_bad(INACTIVE)
+    cmap = plt.get_cmap("viridis").with_extremes(bad=INACTIVE)
     # Masked cells (norm 0, or a layer the point lacks) are drawn in the "bad" grey.
     image = ax.imshow(np.ma.masked_invalid(np.where(grid > 0, grid, np.nan)), cmap=cmap,
                       norm=norm, aspect="auto", origin="lower", interpolation="nearest",

@@ -5,12 +5,15 @@ on neutral text (DSAS, arXiv 2512.03661; METHODS.md §6)."""
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
+from matplotlib.ticker import MaxNLocator
 import numpy as np
 import pandas as pd
 import torch
 
 from ..sites import POINTS, Site
 from .base import STYLE, figure
+
+OFF = "#bdbdbd"  # sites whose gate is off (inactive probe)
 
 
 def _need(df: pd.DataFrame, columns: list[str], who: str) -> None:
@@ -40,36 +43,53 @@ def _sites(df: pd.DataFrame) -> list[str]:
     return [str(s) for s in sorted(Site.parse(x) for x in df["site"].unique())]
 
 
+def _preview(sub: pd.DataFrame, width: int = 80) -> str:
+    """The text rebuilt from its tokens (a leading special token such as <bos> dropped)."""
+    tokens = list(sub.drop_duplicates("position").sort_values("position")["token"])
+    if tokens and tokens[0].startswith("<") and tokens[0].endswith(">"):
+        tokens = tokens[1:]
+    text = "".join(tokens).replace("\n", " ").strip()
+    return repr(text if len(text) <= width else text[:width - 1] + "…")
+
+
 def _grid(sub: pd.DataFrame, sites: list[str]) -> tuple[np.ndarray, list[str]]:
     """``[site, position]`` scales of one text and its tokens in position order."""
     grid = sub.pivot_table(index="site", columns="position", values="scale", aggfunc="first")
     grid = grid.reindex(index=sites)
     tokens = sub.drop_duplicates("position").set_index("position")["token"].reindex(grid.columns)
-    return grid.to_numpy(float), [readable(t) for t in tokens]
+    return grid.to_numpy(float, copy=True), [readable(t) for t in tokens]
 
 
 def plot_token_heatmap(df: pd.DataFrame, text_id: int | list[int]):
     """Gate ``s`` per token (x, labelled with the tokens) and site (y, forward order) for one or
     several texts of a :func:`~steerinterp.analysis.token_scales.token_scales` frame, one panel
-    per text; colours fixed to [0, 1] so panels compare."""
+    per text; colours fixed to [0, 1] so panels compare. A site whose gate is exactly 0 on
+    every token (an inactive probe: a sigmoid gate is never exactly 0) is drawn grey."""
     _need(df, ["text_id", "position", "token", "site", "scale"], "plot_token_heatmap")
     ids, sites = _ids(df, text_id), _sites(df)
     n_pos = max(df.loc[df["text_id"] == i, "position"].nunique() for i in ids)
-    row_h = 0.16 * len(sites) + 1.3
+    row_h = 0.17 * len(sites) + 1.3
     fig, axes = figure(len(ids), 1, squeeze=False, layout="constrained",
-                       size=(min(28.0, max(6.0, 0.24 * n_pos + 2.8)), row_h * len(ids) + 0.6))
+                       size=(min(28.0, max(6.0, 0.24 * n_pos + 3.0)), row_h * len(ids) + 0.6))
+    cmap = plt.get_cmap("magma").with_extremes(bad=OFF)
+    off = df.groupby("site")["scale"].apply(lambda v: bool((v == 0).all()))
+    labels = [f"{s} (off)" if off[s] else s for s in sites]
+    layers = [Site.parse(s).layer for s in sites]
     with plt.rc_context(STYLE):
         for ax, i in zip(axes[:, 0], ids):
             grid, tokens = _grid(df[df["text_id"] == i], sites)
-            image = ax.imshow(grid, cmap="magma", vmin=0.0, vmax=1.0, aspect="auto",
-                              interpolation="nearest")
+            grid[off.reindex(sites).to_numpy(bool)] = np.nan
+            image = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, vmin=0.0, vmax=1.0,
+                              aspect="auto", interpolation="nearest")
             ax.set_xticks(range(len(tokens)), tokens, rotation=90, fontsize=8)
-            step = 1 if len(sites) <= 16 else 2
-            ax.set_yticks(range(0, len(sites), step), sites[::step], fontsize=7)
+            ax.set_yticks(range(len(sites)), labels, fontsize=7 if len(sites) > 16 else 8)
+            for k in np.flatnonzero(np.diff(layers)):  # a white rule between layers
+                ax.axhline(k + 0.5, color="white", lw=0.6)
             ax.grid(False)
-            ax.set_title(f"text {i}", loc="left")
+            ax.set_title(f"text {i}: {_preview(df[df['text_id'] == i])}", loc="left",
+                         fontsize=9)
         fig.colorbar(image, ax=axes[:, 0].tolist(), label="DSAS gate s (0: off, 1: full)",
-                     shrink=min(1.0, 4.0 / max(row_h * len(ids), 1.0)) if len(ids) > 1 else 1.0)
+                     shrink=1.0 if len(ids) == 1 else 0.6)
         fig.suptitle("Which tokens open the DSAS gates")
     return fig
 
@@ -81,7 +101,7 @@ def plot_scale_by_site(df: pd.DataFrame):
     points = sorted(df["point"].unique(), key=lambda p: POINTS.index(p) if p in POINTS else 99)
     groups = list(dict.fromkeys(df["group"]))
     fig, axes = figure(1, len(points), sharey=True, squeeze=False, layout="constrained",
-                       size=(max(4.5, 0.28 * df["layer"].nunique() + 2.5) * len(points), 3.8))
+                       size=(max(4.5, 0.2 * df["layer"].nunique() + 2.2) * len(points) + 1.5, 3.8))
     width = 0.5 / max(len(groups), 1)  # groups side by side within a layer, not on top
     with plt.rc_context(STYLE):
         for ax, point in zip(axes[0], points):
@@ -97,6 +117,7 @@ def plot_scale_by_site(df: pd.DataFrame):
                            edgecolor=color, s=18, zorder=3)
             ax.set_title(point)
             ax.set_xlabel("layer")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.set_ylim(-0.03, 1.03)
         axes[0, 0].set_ylabel("mean DSAS gate s (± s.e.)")
         axes[0, -1].legend(title="text group", loc="upper left", bbox_to_anchor=(1.01, 1.0))
