@@ -37,7 +37,9 @@ def plot_pareto(frame: pd.DataFrame, x: str = "ppl", y: str = "mean_score", titl
     front = pareto_front(frame, x, y)
     ax.step(front[x], front[y], where="post", color="grey", ls="--", lw=1, alpha=0.8,
             label="Pareto front")
-    ax.set_xlabel(_label(x))
+    if frame[x].min() > 0 and frame[x].max() / frame[x].min() > 5:
+        ax.set_xscale("log")  # over-steered settings sit orders of magnitude to the right
+    ax.set_xlabel(_label(x) + (" (log scale)" if ax.get_xscale() == "log" else ""))
     ax.set_ylabel(_label(y))
     ax.set_title(title or "Toxicity vs perplexity (lower-left is better)")
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
