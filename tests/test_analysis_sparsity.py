@@ -193,3 +193,12 @@ def test_plots_refuse_bad_frames():
         plot_surviving_layers(_hand_frame().iloc[:0])
     with pytest.raises(ValueError, match=r"missing: \['ppl'\]"):
         plot_surviving_layers(_hand_frame(), metrics=["ppl"])
+
+
+def test_metric_spanning_orders_of_magnitude_gets_a_log_axis():
+    df = _hand_frame(True)
+    df["ppl"] = df["gamma"].map({0.0: 30.0, 0.01: 4500.0, 0.1: 700.0, 1.0: 31.0})
+    fig = plot_surviving_layers(df, metrics=["ppl"])
+    ppl_ax = next(ax for ax in fig.axes if ax.get_ylabel() == "ppl")
+    assert ppl_ax.get_yscale() == "log"
+    assert "4,500" in [t.get_text() for t in ppl_ax.texts]

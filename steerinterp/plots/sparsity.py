@@ -146,10 +146,13 @@ def _norm_panel(ax, sub: pd.DataFrame, gammas: np.ndarray, layers: np.ndarray, n
 def _metric_panel(ax, df: pd.DataFrame, metric: str, gammas: np.ndarray) -> None:
     values = df.groupby("gamma")[metric].first().reindex(gammas).to_numpy(float)
     ax.plot(range(len(gammas)), values, "o-", color="C3")
+    finite = values[np.isfinite(values)]
+    if len(finite) and finite.min() > 0 and finite.max() > 20 * finite.min():
+        ax.set_yscale("log")  # e.g. perplexity of a broken model next to a healthy one
     for x, v in enumerate(values):
         if np.isfinite(v):
-            ax.annotate(f"{v:.3g}", (x, v), textcoords="offset points", xytext=(0, 6),
-                        ha="center", fontsize=8)
+            ax.annotate(f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.3g}", (x, v),
+                        textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8)
     ax.set_ylabel(metric)
     ax.margins(x=0.0, y=0.35)
     ax.set_xlim(-0.5, len(gammas) - 0.5)
