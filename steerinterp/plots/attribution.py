@@ -61,9 +61,10 @@ def plot_site_attribution(df: pd.DataFrame):
             ax.set_ylabel(label)
         axes[0, 0].legend(title="point", loc="upper left", bbox_to_anchor=(1.01, 1.0))
         axes[-1, 0].set_xlabel("layer")
-        total = float(df["effect_all"].iloc[0])
-        fig.suptitle(f"Where the steering effect lives, per site "
-                     f"(all sites together: {total:.3g} {NATS})")
+        # Single-site effects need not add up to the joint one: sites interact.
+        total, alone = float(df["effect_all"].iloc[0]), float(df["effect_only"].sum())
+        fig.suptitle(f"Where the steering effect lives, per site\n(all sites together: "
+                     f"{total:.3g} {NATS}; sum of single-site effects: {alone:.3g})")
     return fig
 
 
