@@ -135,9 +135,11 @@ def test_feature_top_tokens(model, sae):
     assert list(df.columns) == TOKEN_COLUMNS and list(df["feature"].unique()) == [J, 0]
     acts = encode(sae, model, collect(model, texts, [SITE], pool="none", progress=False)[SITE])
     for feature, sub in df.groupby("feature"):
-        assert list(sub["rank"]) == [1, 2, 3]
+        assert list(sub["rank"]) == [1, 2, 3] and sub["text_id"].is_unique  # one per text
         assert (np.diff(sub["activation"]) <= 0).all()
         assert sub["activation"].iloc[0] == pytest.approx(float(acts[:, feature].max()))
+    every = feature_top_tokens(model, sae, [J], texts[:1], n=4, one_per_text=False)
+    assert len(every) == 4 and (every["text_id"] == 0).all() and every["position"].is_unique
     ids = text_ids(model, texts, 64)
     for row in df.itertuples():
         assert row.position >= 1
@@ -158,8 +160,9 @@ def test_sae_overlap_entry_point(model, sae, steerer):
     assert first.to_dict() == {"j": J, "k": K}
     assert {J, K} <= set(out.top_tokens["feature"])
     assert (out.overlap.set_index(["method_a", "method_b"]).loc[("j", "k"), "jaccard"] < 1)
-    single = sae_overlap(model, steerer, sae, SRC, TGT, k=2, n_tokens=1)
+    single = sae_overlap(model, steerer, sae, SRC, TGT, k=2, n_tokens=1, token_texts=TGT[:1])
     assert set(single.alignment["method"]) == {"mean_shift"}
+    assert set(single.top_tokens["text_id"]) == {0} and len(single.top_tokens) > 2
 
 
 def test_bad_inputs(model, sae, steerer, monkeypatch):

@@ -224,6 +224,12 @@ def suppressed(changes: pd.DataFrame, k: int, text_set: str = "source") -> list[
     return [int(f) for f in sub.nsmallest(k, "change")["feature"]]
 
 
+def raised(changes: pd.DataFrame, k: int, text_set: str = "source") -> list[int]:
+    """The (at most) ``k`` features a :func:`feature_changes` frame raises most."""
+    sub = changes[(changes["text_set"] == text_set) & (changes["change"] > 0)]
+    return [int(f) for f in sub.nlargest(k, "change")["feature"]]
+
+
 def feature_set_overlap(frames: Mapping[str, pd.DataFrame], k: int = 20,
                         text_set: str = "source") -> pd.DataFrame:
     """Jaccard overlap of the top-``k`` suppressed feature sets of methods.
@@ -280,11 +286,13 @@ def _check_features(features, d_sae: int) -> list[int]:
 
 
 def feature_top_tokens(model: HookedTransformer, sae, features, texts: Sequence[str],
-                       n: int = 5, site=None, max_tokens: int = 64,
-                       batch_size: int = 16) -> pd.DataFrame:
+                       n: int = 5, site=None, max_tokens: int = 64, batch_size: int = 16,
+                       one_per_text: bool = True) -> pd.DataFrame:
     """The tokens of ``texts`` on which each of ``features`` fires most (unsteered model).
 
-    Up to ``n`` rows per feature (only tokens where it is active), sorted by feature and rank:
+    ``one_per_text`` keeps only each text's strongest token, so one long text on a single
+    topic cannot fill every rank. Up to ``n`` rows per feature (only tokens where it is
+    active), sorted by feature and rank:
     ``feature``, ``rank`` (1 = highest activation), ``token`` (decoded), ``context`` (a few
     tokens around it, the token in «»), ``activation``, ``text_id`` (index into ``texts``),
     ``position`` (token index, BOS = 0; the first token is never read).
@@ -301,14 +309,19 @@ def feature_top_tokens(model: HookedTransformer, sae, features, texts: Sequence[
     where = [(i, p) for i, x in enumerate(ids) for p in range(1, len(x))]
     rows = []
     for j, feature in enumerate(features):
-        values, rows_idx = acts[:, j].topk(min(int(n), acts.shape[0]))
-        for rank, (v, r) in enumerate(zip(values.tolist(), rows_idx.tolist()), start=1):
-            if v <= 0:
-                break
+        values, order = acts[:, j].sort(descending=True)
+        seen: set[int] = set()
+        for v, r in zip(values.tolist(), order.tolist()):
             i, p = where[r]
-            rows.append({"feature": feature, "rank": rank, "token": _piece(model.tokenizer,
-                         ids[i][p]), "context": _context(model.tokenizer, ids[i], p),
-                         "activation": v, "text_id": i, "position": p})
+            if v <= 0 or len(seen) == n:
+                break
+            key = i if one_per_text else r
+            if key in seen:
+                continue
+            seen.add(key)
+            rows.append({"feature": feature, "rank": len(seen), "token": _piece(
+                model.tokenizer, ids[i][p]), "context": _context(model.tokenizer, ids[i], p),
+                "activation": v, "text_id": i, "position": p})
     return pd.DataFrame(rows, columns=TOKEN_COLUMNS)
 
 
@@ -337,7 +350,8 @@ def _named(steerers) -> dict[str, Steerer]:
 def sae_overlap(model: HookedTransformer, steerers: Mapping[str, Steerer] | Steerer, sae,
                 source_texts: Sequence[str], target_texts: Sequence[str], k: int = 20,
                 site=None, strength: float | None = None, n_tokens: int = 5,
-                max_tokens: int = 64, batch_size: int = 16) -> SaeOverlap:
+                token_texts: Sequence[str] | None = None, max_tokens: int = 64,
+                batch_size: int = 16) -> SaeOverlap:
     """All SAE-overlap frames for one or several steerers (``{name: steerer}``; a single
     steerer is named by its method) at one site (default: the SAE's hook; every steerer must
     touch it).
@@ -346,8 +360,9 @@ def sae_overlap(model: HookedTransformer, steerers: Mapping[str, Steerer] | Stee
     * ``changes``: ``method`` + :func:`feature_changes` columns;
     * ``overlap``: :func:`feature_set_overlap` of the top-``k`` suppressed source features;
     * ``top_tokens``: :func:`feature_top_tokens` (``n_tokens`` per feature, on the unsteered
-      model, ``text_id`` indexing ``source_texts + target_texts``) for every feature that is
-      among some method's top-``k`` suppressed or top-``k`` aligned ones.
+      model) for every feature among some method's top-``k`` suppressed, raised or aligned
+      ones, read on ``token_texts`` (default ``source_texts + target_texts``; ``text_id``
+      indexes that list). More varied texts give more telling tokens.
 
     ``strength`` overrides each steerer's configured λ.
     """
@@ -363,10 +378,11 @@ def sae_overlap(model: HookedTransformer, steerers: Mapping[str, Steerer] | Stee
         z_in, z_out = pairs["source"]
         align[name] = alignment_frame((z_out - z_in).mean(0), sae.W_dec, site)
         changes[name] = _changes(model, sae, site, pairs)
-    features = sorted({f for name in named for f in
-                       suppressed(changes[name], k) + align[name]["feature"].head(k).tolist()})
-    tokens = feature_top_tokens(model, sae, features, [*source_texts, *target_texts], n_tokens,
-                                site, max_tokens, batch_size)
+    features = sorted({f for name in named for f in suppressed(changes[name], k)
+                       + raised(changes[name], k) + align[name]["feature"].head(k).tolist()})
+    token_texts = [*source_texts, *target_texts] if token_texts is None else token_texts
+    tokens = feature_top_tokens(model, sae, features, token_texts, n_tokens, site, max_tokens,
+                                batch_size)
     return SaeOverlap(
         alignment=pd.concat([df.assign(method=m) for m, df in align.items()], ignore_index=True)
         [["method", *ALIGN_COLUMNS]],
