@@ -9,6 +9,11 @@ import typer
 from .cli import DEVICE, MODEL, _load, _print_frame, app, console
 
 
+def _log(msg: str) -> None:
+    # markup=False: log lines start with "[figures]"/"[run]", which rich would eat as tags.
+    console().print(msg, markup=False, highlight=False)
+
+
 @app.command()
 def sweep(
     steerer: list[Path] = typer.Option(..., "--steerer", "-s",
@@ -100,7 +105,7 @@ def run(
     out = out or Path("results/run") / f"{model.replace('/', '_')}-{size}"
     ensure_writable_dir(out)
     m = _load(model, device)
-    frame = run_job(m, spec, out, fresh=fresh, log=lambda msg: console().print(msg))
+    frame = run_job(m, spec, out, fresh=fresh, log=_log)
     cols = ["condition", "toxic_pct", "mean_score", "mean_score_se", "ppl", "fit_seconds"]
     _print_frame(frame[cols], f"{model} ({size}) -> {out}/report.md")
 
@@ -126,7 +131,7 @@ def figures(
     m = _load(model, device)
     paths = make_figures(m, out, size=size, cache=cache, seed=seed,
                          only=[s.strip() for s in only.split(",")] if only else None,
-                         log=lambda msg: console().print(msg))
+                         log=_log)
     console().print(f"{len(paths)} figures in {out}")
 
 

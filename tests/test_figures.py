@@ -58,3 +58,17 @@ def test_unwritable_figures_folder_is_a_clear_error(tmp_path):
     result = CliRunner().invoke(app, ["figures", "--model", "tiny-gpt2", "--size", "quick",
                                       "--out", str(blocker / "figures")])
     assert result.exit_code != 0 and "cannot create directory" in str(result.exception)
+
+
+def test_cli_figures_logs_progress_and_redraws_from_cache(made):
+    root, _ = made
+    args = ["figures", "--model", "tiny-gpt2", "--size", "quick", "--only", "auroc",
+            "--cache", str(root / "cache"), "--out", str(root / "cli")]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    # Cached frames: nothing recomputed, and the "[figures]" prefix is not eaten as markup.
+    assert "computing" not in result.output and "4 figures in" in result.output
+    assert (root / "cli" / "auroc_map.png").exists()
+    fresh = CliRunner().invoke(app, args[:-4] + ["--cache", str(root / "c2"), "--out",
+                                                 str(root / "cli2")])
+    assert fresh.exit_code == 0 and "[figures] computing auroc" in fresh.output
