@@ -116,7 +116,8 @@ def figures(
     size: str = typer.Option("default", help="quick (tests, tiny models) | default (the "
                                              "committed figures)."),
     only: str = typer.Option(None, help="Comma-separated analyses: auroc, sparsity, "
-                                        "token_scales, sae, attribution (default: all)."),
+                                        "aura_lineas, token_scales, sae, attribution "
+                                        "(default: all)."),
     out: Path = typer.Option(Path("figures"), "--out", "-o", help="Figures folder."),
     cache: Path = typer.Option(None, help="Where analysis frames and fitted steerers are "
                                           "cached (default: results/figures/<model>-<size>)."),

@@ -96,15 +96,19 @@ def _frames(ctx: Context, analysis: str, compute) -> dict[str, pd.DataFrame]:
         try:
             done = read_json(meta, f"{analysis} frames")
             if done.get("key") == key:
-                return {n: read_csv(folder / f"{n}.csv", f"{analysis} frame {n}")
-                        for n in done["frames"]}
+                frames = {n: read_csv(folder / f"{n}.csv", f"{analysis} frame {n}")
+                          for n in done["frames"]}
+                for n, attrs in done.get("attrs", {}).items():
+                    frames[n].attrs.update(attrs)  # CSV drops them; titles read them
+                return frames
         except (CorruptFileError, FileNotFoundError):
             pass
     ctx.log(f"[figures] computing {analysis} ({ctx.size} size)")
     frames = compute(ctx)
     for name, frame in frames.items():
         write_csv(folder / f"{name}.csv", frame)
-    write_json(meta, {"key": key, "frames": list(frames)})
+    write_json(meta, {"key": key, "frames": list(frames),
+                      "attrs": {n: f.attrs for n, f in frames.items() if f.attrs}})
     return frames
 
 

@@ -3,10 +3,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import pandas as pd
 
 from .figures import Context, analysis
 from .sites import parse_sites
+
+if TYPE_CHECKING:
+    from .steer.lineas import Lineas
 
 
 def _auroc(ctx: Context) -> dict[str, pd.DataFrame]:
@@ -21,12 +26,15 @@ def _auroc(ctx: Context) -> dict[str, pd.DataFrame]:
 
 
 def _draw_auroc(frames):
-    from .plots import (plot_auroc_distribution, plot_auroc_map, plot_expert_overlap,
-                        plot_expert_tokens)
+    from .plots import (auroc_quantiles, plot_auroc_distribution, plot_auroc_map,
+                        plot_expert_overlap, plot_expert_tokens)
 
     scores = frames["auroc_scores"]
-    return {"auroc_map": (plot_auroc_map(scores), scores),
-            "auroc_distribution": (plot_auroc_distribution(scores), scores),
+    slim = scores[["site", "layer", "point", "unit", "auroc"]]  # what the map reads
+    slim.attrs = dict(scores.attrs)
+    quantiles = auroc_quantiles(scores)  # the distribution is drawn from these alone
+    return {"auroc_map": (plot_auroc_map(slim), slim),
+            "auroc_distribution": (plot_auroc_distribution(quantiles), quantiles),
             "expert_tokens": (plot_expert_tokens(frames["expert_tokens"]),
                               frames["expert_tokens"]),
             "expert_overlap": (plot_expert_overlap(frames["expert_overlap"]),
@@ -55,6 +63,40 @@ def _draw_sparsity(frames):
 
 
 analysis("sparsity")((_sparsity, _draw_sparsity))
+
+
+def _aura_lineas(ctx: Context) -> dict[str, pd.DataFrame]:
+    """AurA fitted at the sites of the sparsest LinEAS of the γ path that still steers."""
+    from .analysis import aura_lineas_overlap, fit_lineas_path
+
+    toxic, wiki = ctx.texts()
+    path = fit_lineas_path(ctx.model, toxic, wiki, list(ctx.z.gammas),  # as _sparsity: cached
+                           base_config={"steps": ctx.z.lineas_steps},
+                           cache_dir=ctx.cache / "lineas_path", progress=False)
+    gamma, lineas = _sparsest_active(list(ctx.z.gammas), path)
+    aura = ctx.steerer("aura_lineas_sites", "aura", sites=[str(s) for s in lineas.sites])
+    k = max(1, min(lineas.provenance["widths"].values()) // 10)  # the sites share a width
+    df = aura_lineas_overlap(aura, lineas, k=k)
+    return {"aura_lineas_overlap": df.assign(gamma=gamma, k=k)}
+
+
+def _sparsest_active(gammas: list[float], path: list[Lineas]) -> tuple[float, Lineas]:
+    """The largest γ whose LinEAS steerer still steers at least one site (else γ = 0, or the
+    first γ of the path when it has no 0)."""
+    active = [(g, s) for g, s in zip(gammas, path) if (s.support()["group_norm"] > 0).any()]
+    if active:
+        return max(active, key=lambda gs: gs[0])
+    return next(((g, s) for g, s in zip(gammas, path) if g == 0), (gammas[0], path[0]))
+
+
+def _draw_aura_lineas(frames):
+    from .plots import plot_aura_lineas_overlap
+
+    df = frames["aura_lineas_overlap"]
+    return {"aura_lineas_overlap": (plot_aura_lineas_overlap(df), df)}
+
+
+analysis("aura_lineas")((_aura_lineas, _draw_aura_lineas))
 
 
 EXAMPLES = ["You are a disgusting idiot and everyone hates you.",
@@ -121,20 +163,29 @@ def _draw_sae(frames):
 analysis("sae")((_sae, _draw_sae))
 
 
+# Mean shift at λ = 1 on all 36 sites of gemma-3-270m multiplies perplexity by 30 (README,
+# main job); 0.156 is the λ `steerinterp run` calibrates to +10% PPL there. The analysis
+# explains the steering one would deploy, not a broken model.
+ATTRIBUTION_STRENGTH = 0.156
+
+
 def _attribution(ctx: Context) -> dict[str, pd.DataFrame]:
     from .analysis import attribute, validate_units
 
     steerer = ctx.steerer("mean_shift")
     texts = ctx.held_out("toxic", ctx.z.n_attr)
     neutral = ctx.held_out("wiki_ppl", ctx.z.n_attr)
-    sites = attribute(ctx.model, steerer, texts, level="site", neutral_texts=neutral,
-                      progress=False)
-    units = attribute(ctx.model, steerer, texts, level="unit", neutral_texts=neutral,
-                      top_k=ctx.z.top_k_units, progress=False)
+    lam = ATTRIBUTION_STRENGTH
+    sites = attribute(ctx.model, steerer, texts, level="site", strength=lam,
+                      neutral_texts=neutral, progress=False)
+    units = attribute(ctx.model, steerer, texts, level="unit", strength=lam,
+                      neutral_texts=neutral, top_k=ctx.z.top_k_units, progress=False)
     ks = sorted({1, 10, ctx.z.top_k_units // 2, ctx.z.top_k_units})
-    check = validate_units(ctx.model, steerer, units, texts, ks=ks, progress=False)
-    return {"attribution_sites": sites, "attribution_units": units,
-            "attribution_validation": check}
+    check = validate_units(ctx.model, steerer, units, texts, ks=ks, strength=lam,
+                           progress=False)
+    return {name: frame.assign(method="mean_shift", strength=lam) for name, frame in
+            (("attribution_sites", sites), ("attribution_units", units),
+             ("attribution_validation", check))}
 
 
 def _draw_attribution(frames):

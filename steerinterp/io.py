@@ -35,11 +35,23 @@ def ensure_writable_dir(path: Path) -> Path:
     return path
 
 
-def _atomic(path: Path, write) -> None:
+def default_mode(directory: bool = False) -> int:
+    """The mode ``open``/``mkdir`` would give a new file or directory under the umask
+    (``mkstemp``/``mkdtemp`` make them private to their owner instead)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return (0o777 if directory else 0o666) & ~mask
+
+
+def atomic_write(path: Path, write) -> None:
+    """Call ``write(tmp)`` on a temporary file next to ``path``, then rename it into place: a
+    crash never leaves a half-written ``path``. The file gets the usual permissions (mkstemp
+    alone would leave it readable by its owner only)."""
     path = Path(path)
     ensure_writable_dir(path.parent)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
+    os.chmod(tmp, default_mode())
     try:
         write(tmp)
         os.replace(tmp, path)
@@ -55,19 +67,19 @@ def write_json(path: Path, obj: Any) -> None:
             json.dump(obj, f, indent=2, sort_keys=False, default=str)
             f.flush()
             os.fsync(f.fileno())
-    _atomic(path, write)
+    atomic_write(path, write)
 
 
 def write_text(path: Path, text: str) -> None:
     """Atomically write a text file (reports, Markdown)."""
     def write(tmp: str) -> None:
         Path(tmp).write_text(text)
-    _atomic(path, write)
+    atomic_write(path, write)
 
 
 def write_csv(path: Path, frame) -> None:
     """Atomically write a pandas DataFrame as CSV (no index)."""
-    _atomic(path, lambda tmp: frame.to_csv(tmp, index=False))
+    atomic_write(path, lambda tmp: frame.to_csv(tmp, index=False))
 
 
 def read_csv(path: Path, what: str, columns: tuple[str, ...] = ()):
@@ -102,7 +114,7 @@ def save_tensors(path: Path, tensors: dict[str, torch.Tensor],
                  metadata: dict[str, str] | None = None) -> str:
     """Atomically write a safetensors file and return its sha256."""
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    _atomic(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
     return sha256_of(path)
 
 

@@ -320,3 +320,27 @@ def test_plots_from_hand_made_frames(tmp_path):
         plot_feature_overlap(overlap.drop(columns="jaccard"))
     with pytest.raises(ValueError, match="plot_shift_alignment needs"):
         plot_shift_alignment(align.iloc[:0])
+
+
+def test_sae_quality_is_one_for_a_perfect_dictionary_and_drops_when_damaged(model):
+    from steerinterp.analysis.sae_train import sae_quality
+
+    d = model.cfg.d_model
+    q, _ = torch.linalg.qr(torch.randn(d, d, generator=torch.Generator().manual_seed(0)))
+    cfg = StandardSAEConfig(d_in=d, d_sae=2 * d, metadata=SAEMetadata(hook_name=SITE.hook_name))
+    sae = StandardSAE(cfg)
+    with torch.no_grad():  # ±directions: relu(<x,d>)·d + relu(-<x,d>)·(-d) = <x,d>·d
+        sae.W_dec.copy_(torch.cat([q.T, -q.T]))
+        sae.W_enc.copy_(torch.cat([q, -q], dim=1))
+        sae.b_enc.zero_()
+        sae.b_dec.zero_()
+    q1 = sae_quality(model, sae, SRC + TGT)
+    n = sum(len(model.to_tokens(t)[0]) - 1 for t in SRC + TGT)
+    assert q1["site"] == str(SITE) and q1["n_tokens"] == n
+    assert q1["fve"] == pytest.approx(1.0, abs=1e-5) and q1["mse"] < 1e-8
+    assert q1["l0"] == pytest.approx(d, abs=0.5) and 0 <= q1["dead_share"] <= 0.5
+    with torch.no_grad():
+        sae.W_dec[: d // 2].zero_()  # lose half the positive directions
+    assert sae_quality(model, sae, SRC + TGT)["fve"] < 0.95
+    with pytest.raises(ValueError, match="trained at hook"):
+        sae_quality(model, sae, SRC, site="L0.attn_out")

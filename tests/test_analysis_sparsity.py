@@ -7,11 +7,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from steerinterp.analysis.experts import AURA_LINEAS_COLUMNS
 from steerinterp.analysis.sparsity import (SPARSITY_COLUMNS, fit_lineas_path, layer_sparsity,
                                            merge_evaluation)
 from steerinterp.models import tiny_model
 from steerinterp.plots.base import save_figure
-from steerinterp.plots.sparsity import plot_support_path, plot_surviving_layers
+from steerinterp.plots.sparsity import (plot_aura_lineas_overlap, plot_support_path,
+                                       plot_surviving_layers)
 from steerinterp.steer import SteerError, make
 from steerinterp.steer.lineas import Lineas
 
@@ -202,3 +204,40 @@ def test_metric_spanning_orders_of_magnitude_gets_a_log_axis():
     ppl_ax = next(ax for ax in fig.axes if ax.get_ylabel() == "ppl")
     assert ppl_ax.get_yscale() == "log"
     assert "4,500" in [t.get_text() for t in ppl_ax.texts]
+
+
+def _overlap_frame() -> pd.DataFrame:
+    """aura_lineas_overlap-shaped: 2 layers × 2 points, width 32, k = 3; L0.attn_out is off."""
+    rows = [("L0.attn_out", 0, "attn_out", 3, 0, 0, 1.0),
+            ("L0.mlp_out", 0, "mlp_out", 3, 3, 1, 0.26),
+            ("L1.attn_out", 1, "attn_out", 3, 3, 3, 0.0002),
+            ("L1.mlp_out", 1, "mlp_out", 2, 3, 0, 1.0)]
+    df = pd.DataFrame([{"site": site, "layer": layer, "point": point, "width": 32, "n_aura": na,
+                        "n_lineas": nl, "n_both": both, "jaccard": both / (na + nl - both),
+                        "expected_both": na * nl / 32, "p_value": p}
+                       for site, layer, point, na, nl, both, p in rows])
+    return df[AURA_LINEAS_COLUMNS].assign(gamma=0.01, k=3)
+
+
+def test_plot_aura_lineas_overlap(tmp_path):
+    df = _overlap_frame()
+    fig = plot_aura_lineas_overlap(df)
+    axes = [ax for ax in fig.axes if ax.get_title(loc="left")]
+    assert [ax.get_title(loc="left") for ax in axes] == ["attn_out", "mlp_out"]
+    assert "k = 3" in fig._suptitle.get_text() and "γ = 0.01" in fig._suptitle.get_text()
+    assert axes[-1].get_xlabel() == "layer" and "top-k sets" in axes[0].get_ylabel()
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert labels[:2] == ["units in both top-k sets", "most possible: min(n_AurA, n_LinEAS)"]
+    assert "p < 0.05 (more than chance)" in labels and "LinEAS off at this site" in labels
+    png = save_figure(fig, df, "aura_lineas", tmp_path)
+    assert png.exists() and (tmp_path / "aura_lineas.csv").exists()
+    # Without the gamma / k columns (the bare analysis frame) the title has no second line.
+    bare = plot_aura_lineas_overlap(df.drop(columns=["gamma", "k"]))
+    assert "\n" not in bare._suptitle.get_text()
+
+
+def test_plot_aura_lineas_overlap_refuses_bad_frames():
+    with pytest.raises(ValueError, match=r"aura_lineas_overlap frame .*missing: \['p_value'\]"):
+        plot_aura_lineas_overlap(_overlap_frame().drop(columns="p_value"))
+    with pytest.raises(ValueError, match="missing: rows"):
+        plot_aura_lineas_overlap(_overlap_frame().iloc[:0])

@@ -1,9 +1,11 @@
 """``steerinterp figures`` at quick size on the tiny model: PNG + CSV per figure, cached frames."""
 
+import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
 import steerinterp.figures as figures
+from steerinterp.figures_analyses import _sparsest_active
 from steerinterp.cli import app
 from steerinterp.models import load_model
 
@@ -26,12 +28,36 @@ def test_every_analysis_writes_png_and_csv(made):
     root, paths = made
     names = {p.stem for p in paths}
     assert {"auroc_map", "auroc_distribution", "expert_tokens", "expert_overlap",
-            "lineas_support_path", "lineas_surviving_layers", "dsas_token_scales",
+            "lineas_support_path", "lineas_surviving_layers", "aura_lineas_overlap",
+            "dsas_token_scales",
             "dsas_scale_by_site", "sae_shift_alignment", "sae_feature_changes",
             "sae_feature_overlap", "attribution_sites", "attribution_units",
             "attribution_validation"} <= names
     for p in paths:
         assert p.stat().st_size > 2000 and p.with_suffix(".csv").exists()
+
+
+def test_aura_lineas_frame_names_gamma_and_k(made):
+    root, _ = made
+    df = pd.read_csv(root / "figures" / "aura_lineas_overlap.csv")
+    assert {"gamma", "k", "n_both", "p_value"} <= set(df.columns) and len(df)
+    assert (df["k"] == 3).all()  # max(1, width // 10) on the tiny model (d_model 32)
+    assert df["gamma"].nunique() == 1 and df["gamma"].iloc[0] in figures.SIZES["quick"].gammas
+
+
+class _FakeLineas:
+    def __init__(self, norms):
+        self.norms = norms
+
+    def support(self):
+        return pd.DataFrame({"group_norm": self.norms})
+
+
+def test_sparsest_active_gamma_keeps_a_site():
+    path = [_FakeLineas([1.0, 2.0]), _FakeLineas([0.0, 0.5]), _FakeLineas([0.0, 0.0])]
+    assert _sparsest_active([0.0, 0.5, 5.0], path) == (0.5, path[1])
+    off = [_FakeLineas([0.0]), _FakeLineas([0.0])]
+    assert _sparsest_active([1.0, 0.0], off) == (0.0, off[1])  # nothing on: fall back to γ = 0
 
 
 def test_figures_are_redrawn_from_cached_frames(model, made, monkeypatch):

@@ -26,7 +26,7 @@ from pathlib import Path
 from transformer_lens import HookedTransformer
 
 from ..assets import cache_dir as default_cache_dir
-from ..io import fingerprint, read_json, sha256_of, write_json
+from ..io import default_mode, fingerprint, read_json, sha256_of, write_json
 from ..models import model_info
 from ..sites import Site
 
@@ -161,6 +161,7 @@ def _train_into(folder: Path, model: HookedTransformer, site: Site, size: SaeSiz
     folder.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale(folder.parent)
     tmp = Path(tempfile.mkdtemp(prefix=f".train-{folder.name}-", dir=folder.parent))
+    os.chmod(tmp, default_mode(directory=True))  # it becomes the SAE folder
     try:
         passages = training_texts(seed) if texts is None else list(texts)
         _run_sae_lens(model, site, size, passages, seed, tmp, progress)
@@ -191,6 +192,31 @@ def _replace_dir(src: Path, dest: Path) -> None:
     except OSError:
         if not (dest / MARKER).exists():  # a concurrent run that finished first is fine
             raise
+
+
+def sae_quality(model: HookedTransformer, sae, texts: list[str], site: Site | str | None = None,
+                max_tokens: int = 64) -> dict:
+    """How well ``sae`` reconstructs ``model``'s activations at ``site`` (default: its hook) on
+    ``texts`` (every token after the first): ``fve`` (fraction of variance explained),
+    ``mse``, ``l0`` (mean active latents per token), ``dead_share`` (latents never active
+    here) and ``n_tokens``. Read it on text the SAE was not trained on."""
+    import torch
+
+    from ..collection import collect
+    from .sae_overlap import encode, resolve_site
+
+    site = resolve_site(model, sae, site)
+    acts = collect(model, texts, [site], pool="none", max_tokens=max_tokens,
+                   progress=False)[site].float()
+    f = encode(sae, model, acts)
+    with torch.inference_mode():
+        recon = sae.decode(f.to(sae.W_dec.device)).float().cpu().reshape(acts.shape)
+    err = (recon - acts).pow(2).sum(-1)
+    total = (acts - acts.mean(0)).pow(2).sum(-1)
+    return {"site": str(site), "n_tokens": int(acts.shape[0]),
+            "fve": float(1 - err.sum() / total.sum()), "mse": float(err.mean() / acts.shape[1]),
+            "l0": float((f > 0).sum(-1).float().mean()),
+            "dead_share": float(((f > 0).sum(0) == 0).float().mean())}
 
 
 def runner_config(model: HookedTransformer, site: Site, size: SaeSize, seed: int, out: Path):

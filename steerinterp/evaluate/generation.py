@@ -35,7 +35,7 @@ from transformer_lens import HookedTransformer
 from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 from transformer_lens.utilities.activation_functions import apply_softcap
 
-from ..io import CorruptFileError, _atomic
+from ..io import CorruptFileError, atomic_write
 from ..steer import Steerer, steered
 from ..tokens import pad_left, token_ids
 
@@ -381,7 +381,7 @@ def save_generations(df: pd.DataFrame, path: str | os.PathLike) -> Path:
             f.flush()
             os.fsync(f.fileno())
 
-    _atomic(Path(path), write)
+    atomic_write(Path(path), write)
     return Path(path)
 
 

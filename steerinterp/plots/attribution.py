@@ -40,6 +40,14 @@ def _layer_bars(ax, df: pd.DataFrame, column: str, points: list[str]) -> None:
     ax.set_xticks(layers[::step])
 
 
+def _steering(df: pd.DataFrame) -> str:
+    """" (mean_shift, λ = 0.156)" when the frame names its steerer and strength."""
+    parts = [str(df["method"].iloc[0])] if "method" in df and len(df) else []
+    if "strength" in df and len(df):
+        parts.append(f"λ = {float(df['strength'].iloc[0]):.3g}")
+    return f" ({', '.join(parts)})" if parts else ""
+
+
 def plot_site_attribution(df: pd.DataFrame):
     """Per layer (x) and point (bars side by side): the effect with only that site steered,
     and the share of the all-sites effect lost without it; a third panel shows the cost on
@@ -63,7 +71,7 @@ def plot_site_attribution(df: pd.DataFrame):
         axes[-1, 0].set_xlabel("layer")
         # Single-site effects need not add up to the joint one: sites interact.
         total, alone = float(df["effect_all"].iloc[0]), float(df["effect_only"].sum())
-        fig.suptitle(f"Where the steering effect lives, per site\n(all sites together: "
+        fig.suptitle(f"Where the steering effect lives, per site{_steering(df)}\n(all sites together: "
                      f"{total:.3g} {NATS}; sum of single-site effects: {alone:.3g})")
     return fig
 
@@ -105,7 +113,7 @@ def plot_unit_attribution(df: pd.DataFrame, k: int = 30):
         axes[0, 1].set_ylabel(f"summed attribution ({NATS})")
         axes[0, 1].set_title(f"summed over the frame's {len(df)} units, per site")
         axes[0, 1].legend(title="point", loc="upper left", bbox_to_anchor=(1.01, 1.0))
-        fig.suptitle("Which units carry the steering effect")
+        fig.suptitle(f"Which units carry the steering effect{_steering(df)}")
     return fig
 
 
@@ -136,5 +144,6 @@ def plot_unit_validation(df: pd.DataFrame):
         ax.set_xlabel("units un-steered (k)")
         ax.set_ylabel(f"effect remaining ({NATS})")
         ax.legend(loc="best")
-        ax.set_title("Un-steering the top-attributed units vs random units")
+        ax.set_title("Un-steering the top-attributed units vs random units"
+                     + (f"\n{_steering(df).strip()}" if _steering(df) else ""))
     return fig

@@ -83,13 +83,24 @@ _BANDS = ((0.0, 1.0, 0.12, "min–max"), (0.05, 0.95, 0.25, "5–95%"),
           (0.25, 0.75, 0.45, "25–75%"))
 
 
-def plot_auroc_distribution(df: pd.DataFrame):
-    """Per-layer AUROC distribution of a :func:`~steerinterp.analysis.neuron_auroc` frame as
-    quantile bands (one panel per point), with chance (0.5) marked."""
-    _need(df, ["layer", "point", "auroc"], "plot_auroc_distribution")
-    points = list(dict.fromkeys(df["point"]))
+def auroc_quantiles(df: pd.DataFrame) -> pd.DataFrame:
+    """The per-layer quantiles :func:`plot_auroc_distribution` draws, tidy: ``point``,
+    ``layer``, ``quantile``, ``auroc`` (a small frame to save next to the figure)."""
+    _need(df, ["layer", "point", "auroc"], "auroc_quantiles")
     qs = sorted({q for lo, hi, _, _ in _BANDS for q in (lo, hi)} | {0.5})
-    stats = df.groupby(["point", "layer"])["auroc"].quantile(qs).unstack()
+    out = df.groupby(["point", "layer"], sort=False)["auroc"].quantile(qs)
+    out = out.rename_axis(["point", "layer", "quantile"]).reset_index()
+    out.attrs = dict(df.attrs)
+    return out
+
+
+def plot_auroc_distribution(df: pd.DataFrame):
+    """Per-layer AUROC distribution of a :func:`~steerinterp.analysis.neuron_auroc` frame (or
+    of its :func:`auroc_quantiles`) as quantile bands (one panel per point), chance marked."""
+    quantiles = df if "quantile" in df.columns else auroc_quantiles(df)
+    _need(quantiles, ["layer", "point", "quantile", "auroc"], "plot_auroc_distribution")
+    points = list(dict.fromkeys(quantiles["point"]))
+    stats = quantiles.pivot_table(index=["point", "layer"], columns="quantile", values="auroc")
     with plt.rc_context(STYLE):
         fig, axes = figure(1, len(points), size=(4.6 * len(points), 3.8), squeeze=False,
                            sharey=True, layout="constrained")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import matplotlib
@@ -12,7 +11,7 @@ matplotlib.use("Agg")  # figures are files first; notebooks switch back with %ma
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from ..io import ensure_writable_dir  # noqa: E402
+from ..io import atomic_write, ensure_writable_dir  # noqa: E402
 
 STYLE = {
     "figure.dpi": 110, "savefig.dpi": 160, "savefig.bbox": "tight",
@@ -37,16 +36,9 @@ def save_figure(fig, data: pd.DataFrame, name: str, folder: str | os.PathLike = 
     """
     folder = ensure_writable_dir(Path(folder))
     png, csv = folder / f"{name}.png", folder / f"{name}.csv"
-    for path, write in ((csv, lambda p: data.to_csv(p, index=False)),
-                        (png, lambda p: fig.savefig(p, format="png", **_save_kw()))):
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            write(tmp)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+    # Six significant digits: the figure shows fewer, and the CSVs are committed.
+    atomic_write(csv, lambda p: data.to_csv(p, index=False, float_format="%.6g"))
+    atomic_write(png, lambda p: fig.savefig(p, format="png", **_save_kw()))
     if close:
         plt.close(fig)
     return png

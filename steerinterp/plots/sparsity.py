@@ -1,5 +1,6 @@
 """Figures for LinEAS's γ path (``analysis.sparsity.layer_sparsity`` frames): how the support
-shrinks (LinEAS §4.3, Fig. 4) and which layers the group lasso keeps (App. K)."""
+shrinks (LinEAS §4.3, Fig. 4) and which layers the group lasso keeps (App. K); and whether the
+units LinEAS moves are AurA's experts (``analysis.experts.aura_lineas_overlap`` frames)."""
 
 from __future__ import annotations
 
@@ -18,10 +19,10 @@ HEADLINE = ("toxic_share", "mean_score", "toxicity", "ppl", "perplexity", "mmlu"
 INACTIVE = "#d9d9d9"  # cells / points of sites the group lasso switched off
 
 
-def _need(df: pd.DataFrame, columns: list[str], who: str) -> None:
+def _need(df: pd.DataFrame, columns: list[str], who: str, kind: str = "layer_sparsity") -> None:
     missing = [c for c in columns if c not in df.columns]
     if missing or df.empty:
-        raise ValueError(f"{who} needs a non-empty layer_sparsity frame with columns {columns}; "
+        raise ValueError(f"{who} needs a non-empty {kind} frame with columns {columns}; "
                          f"missing: {missing or 'rows'}")
 
 
@@ -156,3 +157,71 @@ def _metric_panel(ax, df: pd.DataFrame, metric: str, gammas: np.ndarray) -> None
     ax.set_ylabel(metric)
     ax.margins(x=0.0, y=0.35)
     ax.set_xlim(-0.5, len(gammas) - 0.5)
+
+
+def plot_aura_lineas_overlap(df: pd.DataFrame):
+    """AurA's experts against LinEAS's support (``analysis.experts.aura_lineas_overlap``): per
+    site, the units in both sets (bars) next to what two random sets of the same sizes share
+    (chance, black ticks) and the most they could share (``min(n_aura, n_lineas)``, pale bars);
+    ★ marks an overlap above chance at p < 0.05 (hypergeometric), × a site LinEAS switched off.
+    One panel per point, x = layer. ``k`` and ``gamma`` columns, when present, go in the title."""
+    _need(df, ["layer", "point", "n_aura", "n_lineas", "n_both", "expected_both", "p_value"],
+          "plot_aura_lineas_overlap", "aura_lineas_overlap")
+    points = _points(df)
+    layers = np.arange(df["layer"].min(), df["layer"].max() + 1)
+    fig, axes = figure(len(points), 1, sharex=True, sharey=True, squeeze=False,
+                       layout="constrained",
+                       size=(max(6.0, 0.38 * len(layers) + 2.5), 2.4 * len(points) + 1.5))
+    axes = axes[:, 0]
+    most = np.minimum(df["n_aura"], df["n_lineas"])
+    top = max(float(np.nanmax(np.maximum(most, df["expected_both"]))), 1.0)
+    sets, ylabel = (("top-k sets", "units in both\ntop-k sets") if "k" in df.columns
+                    else ("sets", "units in\nboth sets"))
+    with plt.rc_context(STYLE):
+        for ax, point in zip(axes, points):
+            sub = df[df["point"] == point].sort_values("layer")
+            x, both = sub["layer"].to_numpy(), sub["n_both"].to_numpy(float)
+            off = sub["n_lineas"].to_numpy() == 0
+            ax.bar(x, np.minimum(sub["n_aura"], sub["n_lineas"]), width=0.8, color="C0",
+                   alpha=0.2, label="most possible: min(n_AurA, n_LinEAS)")
+            ax.bar(x, both, width=0.8, color="C0", label=f"units in both {sets}")
+            ax.scatter(x[~off], sub["expected_both"].to_numpy(float)[~off], marker="_", s=260,
+                       linewidths=2.2, color="k", zorder=3,
+                       label="expected by chance (random sets)")
+            hit = sub["p_value"].to_numpy(float) < 0.05
+            if hit.any():
+                ax.scatter(x[hit], both[hit] + 0.06 * top, marker="*", s=70, color="C3",
+                           zorder=4, label="p < 0.05 (more than chance)")
+            if off.any():
+                ax.scatter(x[off], np.zeros(off.sum()), marker="x", s=30, color="0.45",
+                           zorder=4, clip_on=False, label="LinEAS off at this site")
+            ax.set_title(point, loc="left")
+            ax.set_ylabel(ylabel)
+            ax.set_ylim(0, 1.18 * top)
+            ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.grid(axis="x", visible=False)
+        step = 1 if len(layers) <= 12 else 2
+        axes[-1].set_xticks(layers[::step], [str(v) for v in layers[::step]])
+        axes[-1].set_xlim(layers[0] - 0.6, layers[-1] + 0.6)
+        axes[-1].set_xlabel("layer")
+        handles = {}
+        for ax in axes:  # one legend entry per label, whichever panel drew it
+            for h, label in zip(*ax.get_legend_handles_labels()):
+                handles.setdefault(label, h)
+        order = sorted(handles, key=lambda label: (not label.startswith("units"),
+                                                   not label.startswith("most")))
+        fig.legend([handles[label] for label in order], order, loc="outside lower center",
+                   ncols=min(3 if len(layers) > 8 else 2, len(order)), frameon=False)
+        fig.suptitle(_overlap_title(df))
+    return fig
+
+
+def _overlap_title(df: pd.DataFrame) -> str:
+    """The title, with k and γ on a second line when the frame carries them (one value each)."""
+    parts = []
+    for col, label in (("k", "top k = {} per side"), ("gamma", "γ = {}")):
+        if col in df.columns and df[col].nunique(dropna=True) == 1:
+            value = df[col].dropna().iloc[0]
+            parts.append(label.format(f"{value:g}" if isinstance(value, float) else value))
+    extra = f"\n({', '.join(parts)})" if parts else ""
+    return f"AurA's most-dampened units vs LinEAS's most-moved units{extra}"

@@ -69,8 +69,10 @@ def plot_token_heatmap(df: pd.DataFrame, text_id: int | list[int]):
     ids, sites = _ids(df, text_id), _sites(df)
     n_pos = max(df.loc[df["text_id"] == i, "position"].nunique() for i in ids)
     row_h = 0.17 * len(sites) + 1.3
+    width = min(28.0, max(6.0, 0.24 * n_pos + 3.0))
     fig, axes = figure(len(ids), 1, squeeze=False, layout="constrained",
-                       size=(min(28.0, max(6.0, 0.24 * n_pos + 3.0)), row_h * len(ids) + 0.6))
+                       size=(width, row_h * len(ids) + 0.6))
+    chars = int(7 * width)  # title characters at 9 pt that fit over the panel
     cmap = plt.get_cmap("magma").with_extremes(bad=OFF)
     off = df.groupby("site")["scale"].apply(lambda v: bool((v == 0).all()))
     labels = [f"{s} (off)" if off[s] else s for s in sites]
@@ -86,7 +88,7 @@ def plot_token_heatmap(df: pd.DataFrame, text_id: int | list[int]):
             for k in np.flatnonzero(np.diff(layers)):  # a white rule between layers
                 ax.axhline(k + 0.5, color="white", lw=0.6)
             ax.grid(False)
-            ax.set_title(f"text {i}: {_preview(df[df['text_id'] == i])}", loc="left",
+            ax.set_title(f"text {i}: {_preview(df[df['text_id'] == i], chars)}", loc="left",
                          fontsize=9)
         fig.colorbar(image, ax=axes[:, 0].tolist(), label="DSAS gate s (0: off, 1: full)",
                      shrink=1.0 if len(ids) == 1 else 0.6)

@@ -1,0 +1,54 @@
+"""Atomic writes: permissions as for a plain open(), no debris or half-written file on error."""
+
+import os
+import stat
+
+import matplotlib
+import pandas as pd
+import pytest
+
+from steerinterp.io import atomic_write, default_mode, write_csv
+from steerinterp.plots import figure, save_figure
+
+matplotlib.use("Agg")
+
+
+@pytest.fixture
+def umask_022():
+    old = os.umask(0o022)
+    yield
+    os.umask(old)
+
+
+def _mode(path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def test_atomic_files_get_the_umask_mode_not_mkstemps_0600(tmp_path, umask_022):
+    assert default_mode() == 0o644 and default_mode(directory=True) == 0o755
+    write_csv(tmp_path / "a.csv", pd.DataFrame({"x": [1]}))
+    fig, ax = figure()
+    ax.plot([0, 1])
+    png = save_figure(fig, pd.DataFrame({"x": [1 / 3]}), "f", tmp_path)
+    for path in (tmp_path / "a.csv", png, png.with_suffix(".csv")):
+        assert _mode(path) == 0o644, path
+
+
+def test_failed_write_keeps_the_old_file_and_leaves_no_temp(tmp_path):
+    target = tmp_path / "t.txt"
+    target.write_text("old")
+
+    def boom(tmp):
+        with open(tmp, "w") as f:
+            f.write("half")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        atomic_write(target, boom)
+    assert target.read_text() == "old" and os.listdir(tmp_path) == ["t.txt"]
+
+
+def test_figure_csv_is_rounded_to_six_significant_digits(tmp_path):
+    fig, _ = figure()
+    save_figure(fig, pd.DataFrame({"x": [1 / 3, 123456789.0]}), "r", tmp_path)
+    assert (tmp_path / "r.csv").read_text().split() == ["x", "0.333333", "1.23457e+08"]
