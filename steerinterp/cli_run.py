@@ -143,10 +143,17 @@ def train_sae_cmd(
     seed: int = typer.Option(0), model: str = MODEL, device: str = DEVICE,
 ) -> None:
     """Train (once; cached and reused) a sae-lens SAE on the model's activations at SITE."""
-    from .analysis.sae_train import train_sae
+    from .analysis.sae_train import sae_quality, train_sae
+    from .data import load_texts
     from .sites import Site
 
     m = _load(model, device)
     parsed = Site.parse(site).validate(m)
     sae = train_sae(m, parsed, size=size, seed=seed)
-    console().print(f"SAE at {parsed}: d_in {sae.cfg.d_in}, d_sae {sae.cfg.d_sae}")
+    # Quality on text the SAE never saw: the evaluation prompts and perplexity passages.
+    held = load_texts("toxic_prompts", n=32) + load_texts("wiki_ppl")[:32]
+    q = sae_quality(m, sae, held)
+    console().print(f"SAE at {parsed}: d_in {sae.cfg.d_in}, d_sae {sae.cfg.d_sae}; on "
+                    f"{q['n_tokens']} held-out tokens (32 toxic prompts + 32 Wikipedia "
+                    f"passages): variance explained {q['fve']:.3f}, L0 {q['l0']:.1f}, "
+                    f"dead latents {q['dead_share']:.1%}", markup=False)

@@ -272,6 +272,11 @@ def test_training_texts_skip_evaluation_slices():
     assert not texts & set(ppl[:sae_train.EVAL_PPL_HEAD])
     assert not texts & set(ppl[-sae_train.EVAL_CALIB_TAIL:])
     assert set(load_texts("wiki_target")) <= texts
+    assert set(load_texts("toxic")) <= texts and not texts & set(load_texts("toxic_prompts"))
+    every = sae_train.training_texts()
+    toxic = set(load_texts("toxic"))
+    share = sum(len(t) for t in every if t in toxic) / sum(map(len, every))
+    assert share == pytest.approx(sae_train.TOXIC_SHARE, abs=0.02)
 
 
 def test_load_sae_errors(monkeypatch):
@@ -344,3 +349,19 @@ def test_sae_quality_is_one_for_a_perfect_dictionary_and_drops_when_damaged(mode
     assert sae_quality(model, sae, SRC + TGT)["fve"] < 0.95
     with pytest.raises(ValueError, match="trained at hook"):
         sae_quality(model, sae, SRC, site="L0.attn_out")
+
+
+def test_train_sae_cli_reports_held_out_quality(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from steerinterp.cli import app
+
+    monkeypatch.setenv("STEERINTERP_CACHE", str(tmp_path))
+    args = ["train-sae", "--site", "L1.mlp_out", "--size", "quick", "--model", "tiny-gpt2"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    out = " ".join(result.output.split())
+    assert "SAE at L1.mlp_out: d_in 32, d_sae 128" in out and "variance explained" in out
+    assert list((tmp_path / "sae").rglob(MARKER))  # cached under STEERINTERP_CACHE
+    bad = CliRunner().invoke(app, args[:2] + ["L9.mlp_out"] + args[3:])
+    assert bad.exit_code != 0 and "layer" in str(bad.exception)

@@ -3,10 +3,11 @@ from a SAELens pretrained release when the Hugging Face Hub is reachable.
 
 No pretrained SAE ships offline (ASSETS.md, "Sparse autoencoders"), so :func:`train_sae` trains
 a TopK SAE (no sparsity coefficient to tune, few dead features on short runs) with SAELens'
-``LanguageModelSAETrainingRunner`` on the given model and built-in Wikipedia text, and caches it
-under the steerinterp cache dir. Training text: ``wiki_ppl`` without the slices that evaluation
-reads (its first 2000 texts, perplexity, and last 500, λ calibration; the largest sizes in
-``evaluate.job``) plus ``wiki_target`` (a fit set, never an evaluation set), shuffled by ``seed``.
+``LanguageModelSAETrainingRunner`` on the given model and built-in text, and caches it under
+the steerinterp cache dir. Training text: ``wiki_ppl`` without the slices that evaluation reads
+(its first 2000 texts, perplexity, and last 500, λ calibration; the largest sizes in
+``evaluate.job``), ``wiki_target``, ``news``, ``reviews`` and the ``toxic`` fit set repeated to
+~10% of the characters (never ``toxic_prompts``, the evaluation prompts), shuffled by ``seed``.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ MARKER = "steerinterp_sae.json"  # written last: a folder without it is not a fi
 _FILES = ("sae_weights.safetensors", "cfg.json")
 # wiki_ppl slices read by evaluation (evaluate.job: [:n_ppl], [-n_calib:], largest sizes).
 EVAL_PPL_HEAD, EVAL_CALIB_TAIL = 2000, 500
+TOXIC_SHARE = 0.1  # of the built-in training text (by characters)
+BUILTIN_TEXTS = "wiki+news+reviews+toxic/0.1"  # in the cache key: a new mix retrains
 log = logging.getLogger(__name__)
 
 
@@ -65,13 +68,20 @@ SIZES = {
 
 
 def training_texts(seed: int = 0) -> list[str]:
-    """Built-in Wikipedia passages for SAE training (module docstring), shuffled by ``seed``."""
+    """Built-in training passages (module docstring), shuffled by ``seed``."""
     import random
 
     from ..data import load_texts
 
     ppl = load_texts("wiki_ppl")
-    texts = ppl[EVAL_PPL_HEAD:len(ppl) - EVAL_CALIB_TAIL] + load_texts("wiki_target")
+    general = (ppl[EVAL_PPL_HEAD:len(ppl) - EVAL_CALIB_TAIL] + load_texts("wiki_target")
+               + load_texts("news") + load_texts("reviews"))
+    toxic = load_texts("toxic")
+    # A dictionary that never saw toxic text has no features for it: repeat the short toxic
+    # passages until they are ~TOXIC_SHARE of the characters (tokens are roughly alike).
+    reps = max(1, round(TOXIC_SHARE * sum(map(len, general))
+                        / ((1 - TOXIC_SHARE) * sum(map(len, toxic)))))
+    texts = general + toxic * reps
     random.Random(seed).shuffle(texts)
     return texts
 
@@ -121,7 +131,8 @@ def _key(model: HookedTransformer, site: Site, size: str, seed: int,
          texts: list[str] | None) -> dict:
     return {"format": FORMAT, "model": model_info(model).to_dict(), "site": str(site),
             "width": site.width(model), "size": size, "settings": asdict(SIZES[size]),
-            "seed": seed, "texts": "builtin" if texts is None else fingerprint(list(texts))}
+            "seed": seed,
+            "texts": BUILTIN_TEXTS if texts is None else fingerprint(list(texts))}
 
 
 def _folder(root, model: HookedTransformer, site: Site, size: str, seed: int,
