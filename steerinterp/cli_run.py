@@ -156,4 +156,4 @@ def train_sae_cmd(
     console().print(f"SAE at {parsed}: d_in {sae.cfg.d_in}, d_sae {sae.cfg.d_sae}; on "
                     f"{q['n_tokens']} held-out tokens (32 toxic prompts + 32 Wikipedia "
                     f"passages): variance explained {q['fve']:.3f}, L0 {q['l0']:.1f}, "
-                    f"dead latents {q['dead_share']:.1%}", markup=False)
+                    f"latents silent on them {q['dead_share']:.1%}", markup=False)
