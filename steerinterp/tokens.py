@@ -37,6 +37,24 @@ def token_ids(model: HookedTransformer, texts: list[str], max_tokens: int) -> li
     return [x[:max_tokens] for x in ids]
 
 
+def ids_with_next_token(model: HookedTransformer, texts: list[str], max_tokens: int,
+                        purpose: str, what: str = "texts",
+                        error: type[Exception] = ValueError) -> list[list[int]]:
+    """:func:`token_ids`, checking that every text has a token after the first one (BOS, or
+    the attention-sink first word on models without BOS), which analyses never read or score.
+    ``purpose`` ends the error message (what needs that token); ``error`` is its type."""
+    if max_tokens < 2:
+        raise error(f"max_tokens must be at least 2 (the first token and one more), got "
+                    f"{max_tokens}")
+    ids = token_ids(model, texts, max_tokens)
+    short = [i for i, x in enumerate(ids) if len(x) < 2]
+    if short:
+        i = short[0]
+        raise error(f"{what}: {len(short)} text(s) have no token after the first (BOS) one "
+                    f"(e.g. #{i}: {texts[i][:40]!r}; all: {short[:10]}); {purpose}")
+    return ids
+
+
 def pad_left(model: HookedTransformer, ids: list[list[int]], skip_first: bool) -> Batch:
     """Stack variable-length ids into a left-padded :class:`Batch` on the model's device."""
     tok = model.tokenizer

@@ -192,9 +192,9 @@ def test_top_units_remove_more_effect_than_random(model, steerer, units):
 
 
 def test_attribute_bad_inputs(model, steerer, units):
-    with pytest.raises(ValueError, match=r"texts #1 \(''\).*no token after the first"):
+    with pytest.raises(ValueError, match=r"^texts: 1 text\(s\) have no token after the first .*#1: ''"):
         attribute(model, steerer, ["fine text", ""], progress=False)
-    with pytest.raises(ValueError, match=r"neutral_texts #0"):
+    with pytest.raises(ValueError, match=r"^neutral_texts: 1 text.*#0"):
         attribute(model, steerer, EVAL, neutral_texts=[""], progress=False)
     with pytest.raises(ValueError, match="texts is empty"):
         attribute(model, steerer, [], progress=False)

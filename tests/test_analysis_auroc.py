@@ -120,7 +120,7 @@ def test_bad_texts_name_the_problem(tiny_gpt2, pos, match):
 def test_too_short_texts_and_tokens(tiny_gpt2):
     model = tiny_model("gpt2")
     model.cfg.default_prepend_bos = False  # like SmolLM2: the first word is the skipped token
-    with pytest.raises(AnalysisError, match="negative texts: 1 text.*too short.*'a'"):
+    with pytest.raises(AnalysisError, match="negative texts: 1 text.*no token after the first.*'a'"):
         neuron_auroc(model, POS, NEG[:-1] + ["a"], length_match=False, progress=False)
     with pytest.raises(AnalysisError, match="max_tokens must be at least 2"):
         neuron_auroc(tiny_gpt2, POS, NEG, max_tokens=1, progress=False)
@@ -325,7 +325,7 @@ def test_plot_auroc_map_and_distribution(tmp_path):
     fig = plot_auroc_distribution(df)
     assert "chance (0.5)" in _texts_of(fig)
     _check_saved(fig, df, "auroc_distribution", tmp_path)
-    with pytest.raises(ValueError, match="needs column"):
+    with pytest.raises(ValueError, match=r"plot_auroc_map needs .*missing: \[.auroc.\]"):
         plot_auroc_map(df.drop(columns="auroc"))
 
 

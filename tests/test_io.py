@@ -52,3 +52,16 @@ def test_figure_csv_is_rounded_to_six_significant_digits(tmp_path):
     fig, _ = figure()
     save_figure(fig, pd.DataFrame({"x": [1 / 3, 123456789.0]}), "r", tmp_path)
     assert (tmp_path / "r.csv").read_text().split() == ["x", "0.333333", "1.23457e+08"]
+
+
+def test_plot_input_checks_name_the_problem():
+    from steerinterp.plots.base import need_columns, ordered_points
+
+    with pytest.raises(ValueError, match="plot_x needs a DataFrame, got list"):
+        need_columns([1], ["a"], "plot_x")
+    with pytest.raises(ValueError, match=r"non-empty frame with columns \['a'\]; missing: rows"):
+        need_columns(pd.DataFrame({"a": []}), ["a"], "plot_x")
+    with pytest.raises(ValueError, match=r"non-empty sweep frame .*missing: \['b'\]"):
+        need_columns(pd.DataFrame({"a": [1]}), ["a", "b"], "plot_x", "sweep")
+    frame = pd.DataFrame({"point": ["mlp_out", "odd", "attn_out", "mlp_out"]})
+    assert ordered_points(frame) == ["attn_out", "mlp_out", "odd"]

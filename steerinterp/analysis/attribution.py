@@ -45,7 +45,7 @@ from ..evaluate.perplexity import LOGITS_PER_CHUNK, _batch_nll, _target_logprobs
 from ..sites import Site
 from ..steer.apply import steered
 from ..steer.base import Steerer, SteerError
-from ..tokens import pad_left, token_ids
+from ..tokens import ids_with_next_token, pad_left
 from .sparsity import check_sites
 
 __all__ = ["SITE_COLUMNS", "UNIT_COLUMNS", "VALIDATION_COLUMNS", "Restricted", "attribute",
@@ -160,16 +160,8 @@ def _token_ids(model: HookedTransformer, texts, max_tokens: int, what: str) -> l
     bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
     if bad:
         raise ValueError(f"{what} at positions {bad[:5]} are not strings")
-    if max_tokens < 2:
-        raise ValueError(f"max_tokens must be at least 2 (a context and a scored token), "
-                         f"got {max_tokens}")
-    ids = token_ids(model, texts, max_tokens)
-    short = [i for i, x in enumerate(ids) if len(x) < 2]
-    if short:
-        i = short[0]
-        raise ValueError(f"{what} #{i} ({texts[i][:40]!r}) has {len(ids[i])} token(s) with BOS: "
-                         f"no token after the first to score (all such: {short[:10]})")
-    return ids
+    return ids_with_next_token(model, texts, max_tokens, "attribution scores the tokens after "
+                               "the first", what=what)
 
 
 def _batches(ids: list[list[int]], batch_size: int) -> list[list[int]]:

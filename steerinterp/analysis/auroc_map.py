@@ -25,7 +25,7 @@ from ..data import length_match as _length_match
 from ..metrics import auroc, average_precision
 from ..sites import Site, default_sites, parse_sites
 from ..store import ActivationStore, StoreError
-from ..tokens import token_ids
+from ..tokens import ids_with_next_token, token_ids
 
 AUROC_COLUMNS = ["site", "layer", "point", "unit", "auroc", "ap", "rank_in_site",
                  "mean_pos", "mean_neg"]
@@ -95,16 +95,8 @@ def check_poolable(model: HookedTransformer, texts: list[str], role: str,
                    max_tokens: int) -> None:
     """Every text needs a token after the first one: the first (BOS, or the attention-sink
     first word on models without BOS) is never pooled (see ``collect``)."""
-    if max_tokens < 2:
-        raise AnalysisError(f"max_tokens must be at least 2, got {max_tokens}: the first token "
-                            "is never pooled, so one token leaves nothing to pool")
-    ids = token_ids(model, texts, max_tokens)
-    short = [i for i, x in enumerate(ids) if len(x) < 2]
-    if short:
-        i = short[0]
-        raise AnalysisError(f"{role} texts: {len(short)} text(s) are too short, with no token "
-                            f"after the first (BOS) one to pool (e.g. #{i}: {texts[i]!r}); "
-                            "drop them or use longer texts")
+    ids_with_next_token(model, texts, max_tokens, "the AUROC pools only later tokens: drop "
+                        "them or use longer texts", what=f"{role} texts", error=AnalysisError)
 
 
 def _resolve_sites(model, sites, pos, neg) -> list[Site]:

@@ -22,7 +22,7 @@ from ..collection import collect, validate_texts
 from ..sites import Site, to_units
 from ..steer.apply import steered
 from ..steer.base import Steerer
-from ..tokens import pad_left, token_ids
+from ..tokens import ids_with_next_token, pad_left
 from .sparsity import check_sites
 
 ALIGN_COLUMNS = ["site", "feature", "cosine", "abs_cosine", "rank", "shift_norm", "d_in"]
@@ -87,17 +87,8 @@ def resolve_site(model: HookedTransformer, sae, site=None,
 
 def text_ids(model: HookedTransformer, texts: Sequence[str], max_tokens: int) -> list[list[int]]:
     """Token ids of ``texts``; each needs a token after the first (BOS) one."""
-    texts = validate_texts(texts)
-    if max_tokens < 2:
-        raise ValueError(f"max_tokens must be at least 2 (the first token and one more), "
-                         f"got {max_tokens}")
-    ids = token_ids(model, texts, max_tokens)
-    short = [i for i, x in enumerate(ids) if len(x) < 2]
-    if short:
-        i = short[0]
-        raise ValueError(f"{len(short)} text(s) have no token after the first (BOS) one "
-                         f"(e.g. #{i}: {texts[i][:40]!r}); the SAE analysis needs at least one")
-    return ids
+    return ids_with_next_token(model, validate_texts(texts), max_tokens,
+                               "the SAE analysis needs at least one")
 
 
 # --------------------------------------------------------------------------- activations

@@ -17,7 +17,7 @@ from transformer_lens import HookedTransformer
 from ..collection import validate_texts
 from ..sites import Site
 from ..steer.dsas import Dsas
-from ..tokens import token_ids
+from ..tokens import ids_with_next_token
 from .sparsity import check_sites
 
 TOKEN_COLUMNS = ["text_id", "position", "token", "is_first", "site", "layer", "point", "scale"]
@@ -27,14 +27,7 @@ GROUP_COLUMNS = ["group", "site", "layer", "point", "active", "mean_scale", "se"
 
 def _check_texts(model: HookedTransformer, texts, max_tokens: int) -> list[str]:
     texts = validate_texts(texts)
-    if max_tokens < 2:
-        raise ValueError(f"max_tokens must be at least 2 (the first token and one more), "
-                         f"got {max_tokens}")
-    short = [i for i, x in enumerate(token_ids(model, texts, max_tokens)) if len(x) < 2]
-    if short:
-        i = short[0]
-        raise ValueError(f"{len(short)} text(s) have no token after the first (BOS) one "
-                         f"(e.g. #{i}: {texts[i][:40]!r}); token scales need at least one")
+    ids_with_next_token(model, texts, max_tokens, "token scales need at least one")
     return texts
 
 

@@ -21,7 +21,7 @@ from transformer_lens import HookedTransformer
 
 from ..steer.apply import steered
 from ..steer.base import Steerer
-from ..tokens import pad_left, token_ids
+from ..tokens import ids_with_next_token, pad_left
 from .stats import cluster_se, mean_from_totals
 
 __all__ = ["delta_perplexity", "perplexity", "summarize_perplexity"]
@@ -43,17 +43,9 @@ def perplexity(model: HookedTransformer, texts: Sequence[str], *steerers: Steere
     changes a text's numbers. Aggregate with :func:`summarize_perplexity`.
     """
     texts = _check_texts(texts)
-    if max_tokens < 2:
-        raise ValueError(f"max_tokens must be at least 2 (a context and a target), got "
-                         f"{max_tokens}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    ids = token_ids(model, texts, max_tokens)
-    short = [i for i, x in enumerate(ids) if len(x) < 2]
-    if short:
-        i = short[0]
-        raise ValueError(f"text #{i} ({texts[i][:40]!r}) has {len(ids[i])} token(s) (BOS "
-                         f"included); perplexity needs at least 2 (all short texts: {short[:10]})")
+    ids = ids_with_next_token(model, texts, max_tokens, "perplexity needs a token to predict")
     # Longest first: batches of similar length waste little on padding, and an out-of-memory
     # error shows up in the first batch instead of at the end.
     order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))

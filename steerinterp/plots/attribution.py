@@ -10,21 +10,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from ..sites import POINTS
-from .base import STYLE, figure
+from .base import STYLE, figure, need_columns, ordered_points
 
 NATS = "nats/token"
-
-
-def _need(df: pd.DataFrame, columns: list[str], who: str) -> None:
-    missing = [c for c in columns if c not in df.columns]
-    if missing or df.empty:
-        raise ValueError(f"{who} needs a non-empty frame with columns {columns}; "
-                         f"missing: {missing or 'rows'}")
-
-
-def _points(df: pd.DataFrame) -> list[str]:
-    return sorted(df["point"].unique(), key=lambda p: POINTS.index(p) if p in POINTS else 99)
 
 
 def _layer_bars(ax, df: pd.DataFrame, column: str, points: list[str]) -> None:
@@ -52,9 +40,9 @@ def plot_site_attribution(df: pd.DataFrame):
     """Per layer (x) and point (bars side by side): the effect with only that site steered,
     and the share of the all-sites effect lost without it; a third panel shows the cost on
     neutral text (``cost_only``) when the frame has it."""
-    _need(df, ["layer", "point", "effect_only", "share_drop", "effect_all"],
+    need_columns(df, ["layer", "point", "effect_only", "share_drop", "effect_all"],
           "plot_site_attribution")
-    points = _points(df)
+    points = ordered_points(df)
     panels = [("effect_only", f"effect, this site only\n({NATS})"),
               ("share_drop", "share of the effect lost\nwithout this site")]
     if "cost_only" in df and df["cost_only"].notna().any():
@@ -71,8 +59,8 @@ def plot_site_attribution(df: pd.DataFrame):
         axes[-1, 0].set_xlabel("layer")
         # Single-site effects need not add up to the joint one: sites interact.
         total, alone = float(df["effect_all"].iloc[0]), float(df["effect_only"].sum())
-        fig.suptitle(f"Where the steering effect lives, per site{_steering(df)}\n(all sites together: "
-                     f"{total:.3g} {NATS}; sum of single-site effects: {alone:.3g})")
+        fig.suptitle(f"Where the steering effect lives, per site{_steering(df)}\n(all sites "
+                     f"together: {total:.3g} {NATS}; sum of single-site effects: {alone:.3g})")
     return fig
 
 
@@ -84,10 +72,10 @@ def plot_unit_attribution(df: pd.DataFrame, k: int = 30):
     """Left: the ``k`` units with the largest attribution (gradient × delta), rank 1 on top,
     coloured by point, with their attribution on neutral text as markers when present. Right:
     attribution summed over the frame's units per layer and point."""
-    _need(df, ["site", "layer", "point", "unit", "attribution"], "plot_unit_attribution")
+    need_columns(df, ["site", "layer", "point", "unit", "attribution"], "plot_unit_attribution")
     if k < 1:
         raise ValueError(f"k must be at least 1, got {k}")
-    points = _points(df)
+    points = ordered_points(df)
     colour = {p: f"C{j}" for j, p in enumerate(points)}
     top = df.sort_values("attribution", ascending=False, kind="stable").head(k)
     fig, axes = figure(1, 2, squeeze=False, layout="constrained",
@@ -120,7 +108,7 @@ def plot_unit_attribution(df: pd.DataFrame, k: int = 30):
 def plot_unit_validation(df: pd.DataFrame):
     """Effect that remains after un-steering the top-k attributed units (line) and k random
     units (mean line, min–max band, one dot per draw), against k; dashed: nothing un-steered."""
-    _need(df, ["k", "selection", "effect_remaining", "effect_all"], "plot_unit_validation")
+    need_columns(df, ["k", "selection", "effect_remaining", "effect_all"], "plot_unit_validation")
     fig, axes = figure(1, 1, squeeze=False, layout="constrained", size=(6.4, 4.2))
     ax = axes[0, 0]
     with plt.rc_context(STYLE):

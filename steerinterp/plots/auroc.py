@@ -14,15 +14,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.ticker import MaxNLocator
 
-from .base import STYLE, figure
-
-
-def _need(df: pd.DataFrame, columns: list[str], what: str) -> None:
-    if not isinstance(df, pd.DataFrame) or df.empty:
-        raise ValueError(f"{what} needs a non-empty DataFrame")
-    missing = [c for c in columns if c not in df.columns]
-    if missing:
-        raise ValueError(f"{what} needs column(s) {missing}; the frame has {list(df.columns)}")
+from .base import STYLE, figure, need_columns
 
 
 def _text(s: str) -> str:
@@ -51,7 +43,7 @@ def _sorted_image(part: pd.DataFrame, layers: list[int], width: int) -> np.ndarr
 def plot_auroc_map(df: pd.DataFrame):
     """Layer × unit image of a :func:`~steerinterp.analysis.neuron_auroc` frame, one panel per
     point; units sorted by AUROC within each layer, colours diverging around chance (0.5)."""
-    _need(df, ["layer", "point", "unit", "auroc"], "plot_auroc_map")
+    need_columns(df, ["layer", "point", "unit", "auroc"], "plot_auroc_map")
     points = list(dict.fromkeys(df["point"]))
     layers = sorted(df["layer"].unique())
     span = max(float(np.nanmax(np.abs(df["auroc"].to_numpy() - 0.5))), 0.05)
@@ -86,7 +78,7 @@ _BANDS = ((0.0, 1.0, 0.12, "min–max"), (0.05, 0.95, 0.25, "5–95%"),
 def auroc_quantiles(df: pd.DataFrame) -> pd.DataFrame:
     """The per-layer quantiles :func:`plot_auroc_distribution` draws, tidy: ``point``,
     ``layer``, ``quantile``, ``auroc`` (a small frame to save next to the figure)."""
-    _need(df, ["layer", "point", "auroc"], "auroc_quantiles")
+    need_columns(df, ["layer", "point", "auroc"], "auroc_quantiles")
     qs = sorted({q for lo, hi, _, _ in _BANDS for q in (lo, hi)} | {0.5})
     out = df.groupby(["point", "layer"], sort=False)["auroc"].quantile(qs)
     out = out.rename_axis(["point", "layer", "quantile"]).reset_index()
@@ -98,7 +90,7 @@ def plot_auroc_distribution(df: pd.DataFrame):
     """Per-layer AUROC distribution of a :func:`~steerinterp.analysis.neuron_auroc` frame (or
     of its :func:`auroc_quantiles`) as quantile bands (one panel per point), chance marked."""
     quantiles = df if "quantile" in df.columns else auroc_quantiles(df)
-    _need(quantiles, ["layer", "point", "quantile", "auroc"], "plot_auroc_distribution")
+    need_columns(quantiles, ["layer", "point", "quantile", "auroc"], "plot_auroc_distribution")
     points = list(dict.fromkeys(quantiles["point"]))
     stats = quantiles.pivot_table(index=["point", "layer"], columns="quantile", values="auroc")
     with plt.rc_context(STYLE):
@@ -146,7 +138,7 @@ def plot_expert_overlap(overlap_df: pd.DataFrame):
     """Heatmap of :func:`~steerinterp.analysis.expert_overlap` Jaccard overlaps, cells
     annotated with the value and the shared count; the diagonal (1 by definition) shows each
     set's size instead, and the colour scale spans the off-diagonal values."""
-    _need(overlap_df, ["concept_a", "concept_b", "jaccard"], "plot_expert_overlap")
+    need_columns(overlap_df, ["concept_a", "concept_b", "jaccard"], "plot_expert_overlap")
     concepts, m, shared, sizes = _overlap_matrix(overlap_df)
     k = len(concepts)
     off = m.copy()
@@ -210,7 +202,8 @@ def _centred(context: str, n: int) -> str:
 def plot_expert_tokens(tokens_df: pd.DataFrame, max_context: int = 60):
     """Table of :func:`~steerinterp.analysis.expert_tokens`: one row per expert with its
     strongest tokens (activation) and the context of the strongest hit."""
-    _need(tokens_df, ["site", "unit", "token", "context", "activation"], "plot_expert_tokens")
+    need_columns(tokens_df, ["site", "unit", "token", "context", "activation"],
+                 "plot_expert_tokens")
     keys = ["rank", "activation"] if "rank" in tokens_df else ["activation"]
     df = tokens_df.sort_values(keys, ascending=[True, False][-len(keys):], kind="stable")
     rows = [_token_row(site, unit, g, max_context)

@@ -12,6 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from ..io import atomic_write, ensure_writable_dir  # noqa: E402
+from ..sites import POINTS  # noqa: E402
 
 STYLE = {
     "figure.dpi": 110, "savefig.dpi": 160, "savefig.bbox": "tight",
@@ -25,6 +26,23 @@ def figure(nrows: int = 1, ncols: int = 1, size: tuple[float, float] = (6.0, 4.0
     """``plt.subplots`` under the house style; returns ``(fig, axes)``."""
     with plt.rc_context(STYLE):
         return plt.subplots(nrows, ncols, figsize=size, **kw)
+
+
+def ordered_points(df: pd.DataFrame) -> list[str]:
+    """The frame's ``point`` values in forward order within a layer (``sites.POINTS``)."""
+    return sorted(df["point"].unique(), key=lambda p: POINTS.index(p) if p in POINTS else 99)
+
+
+def need_columns(df: pd.DataFrame, columns: list[str], who: str, kind: str = "") -> None:
+    """Raise a ValueError naming ``who`` and what is missing unless ``df`` is a non-empty
+    DataFrame with ``columns`` (``kind`` names the expected frame, e.g. "layer_sparsity")."""
+    if not isinstance(df, pd.DataFrame):
+        raise ValueError(f"{who} needs a DataFrame, got {type(df).__name__}")
+    missing = [c for c in columns if c not in df.columns]
+    if missing or df.empty:
+        frame = f"{kind} frame" if kind else "frame"
+        raise ValueError(f"{who} needs a non-empty {frame} with columns {columns}; "
+                         f"missing: {missing or 'rows'}")
 
 
 def save_figure(fig, data: pd.DataFrame, name: str, folder: str | os.PathLike = "figures",

@@ -12,17 +12,10 @@ import numpy as np
 import pandas as pd
 from matplotlib.patches import Patch
 
-from .base import STYLE, figure
+from .base import STYLE, figure, need_columns
 
 DOWN, UP = "#3b75af", "#c23b22"  # suppressed / raised (and negative / positive cosine)
 SETS = {"source": "#c23b22", "target": "#3b75af"}
-
-
-def _need(df: pd.DataFrame, columns: list[str], who: str) -> None:
-    missing = [c for c in columns if c not in df.columns]
-    if missing or df.empty:
-        raise ValueError(f"{who} needs a non-empty frame with columns {columns}; "
-                         f"missing: {missing or 'rows'}")
 
 
 def _methods(df: pd.DataFrame) -> list[str]:
@@ -44,7 +37,7 @@ def plot_shift_alignment(df: pd.DataFrame, n: int = 12,
     (``shift_alignment`` / ``SaeOverlap.alignment`` frame), one panel per method: signed
     cosine as bars, dotted lines at ``±1/sqrt(d_in)`` (the scale of a random direction's
     cosine). ``labels``: ``{feature: text}`` (e.g. ``feature_labels(top_tokens)``)."""
-    _need(df, ["feature", "cosine", "abs_cosine", "d_in"], "plot_shift_alignment")
+    need_columns(df, ["feature", "cosine", "abs_cosine", "d_in"], "plot_shift_alignment")
     methods = _methods(df)
     fig, axes = figure(1, len(methods), squeeze=False, layout="constrained",
                        size=(4.8 * len(methods) + 1.0, 0.3 * n + 1.6))
@@ -85,7 +78,7 @@ def plot_feature_changes(df: pd.DataFrame, n: int = 8,
     """The ``n`` features steering suppresses most and the ``n`` it raises most on source
     text (``feature_changes`` / ``SaeOverlap.changes`` frame), with the change of the same
     features on target text next to it; one panel per method."""
-    _need(df, ["feature", "text_set", "change"], "plot_feature_changes")
+    need_columns(df, ["feature", "text_set", "change"], "plot_feature_changes")
     methods = _methods(df)
     fig, axes = figure(1, len(methods), squeeze=False, layout="constrained",
                        size=(5.0 * len(methods) + 1.0, 0.52 * n * 2 + 1.6))
@@ -121,7 +114,7 @@ def _change(sub: pd.DataFrame, feature: int) -> float:
 def plot_feature_overlap(df: pd.DataFrame):
     """Jaccard overlap of the methods' top-k suppressed feature sets (``feature_set_overlap``
     frame) as an annotated heatmap: the Jaccard index and ``shared/k`` in every cell."""
-    _need(df, ["method_a", "method_b", "jaccard", "n_both"], "plot_feature_overlap")
+    need_columns(df, ["method_a", "method_b", "jaccard", "n_both"], "plot_feature_overlap")
     names = list(dict.fromkeys([*df["method_a"], *df["method_b"]]))
     grid = df.pivot_table(index="method_a", columns="method_b", values="jaccard",
                           aggfunc="first", dropna=False).reindex(index=names, columns=names)

@@ -12,22 +12,12 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
 from ..analysis.sparsity import SPARSITY_COLUMNS
-from ..sites import POINTS
-from .base import STYLE, figure
+from .base import STYLE, figure, need_columns, ordered_points
+
+SPARSITY = "layer_sparsity"  # the frame the path plots read
 
 HEADLINE = ("toxic_share", "mean_score", "toxicity", "ppl", "perplexity", "mmlu")
 INACTIVE = "#d9d9d9"  # cells / points of sites the group lasso switched off
-
-
-def _need(df: pd.DataFrame, columns: list[str], who: str, kind: str = "layer_sparsity") -> None:
-    missing = [c for c in columns if c not in df.columns]
-    if missing or df.empty:
-        raise ValueError(f"{who} needs a non-empty {kind} frame with columns {columns}; "
-                         f"missing: {missing or 'rows'}")
-
-
-def _points(df: pd.DataFrame) -> list[str]:
-    return sorted(df["point"].unique(), key=lambda p: POINTS.index(p) if p in POINTS else 99)
 
 
 def _gamma_axis(ax, gammas: np.ndarray) -> None:
@@ -43,8 +33,8 @@ def _gamma_axis(ax, gammas: np.ndarray) -> None:
 def plot_support_path(df: pd.DataFrame):
     """Support (share of units steered) against γ: one panel per point, one line per layer
     (colour = depth), and the unit-weighted support of all the panel's sites (black dashes)."""
-    _need(df, ["gamma", "layer", "point", "support"], "plot_support_path")
-    points = _points(df)
+    need_columns(df, ["gamma", "layer", "point", "support"], "plot_support_path", SPARSITY)
+    points = ordered_points(df)
     fig, axes = figure(1, len(points), size=(4.6 * len(points) + 1.2, 4.0), sharey=True,
                        squeeze=False, layout="constrained")
     cmap, norm = plt.get_cmap("viridis"), colors.Normalize(df["layer"].min(), df["layer"].max())
@@ -76,7 +66,7 @@ def plot_support_path(df: pd.DataFrame):
 def _metric_columns(df: pd.DataFrame, metrics: list[str] | None) -> list[str]:
     """Numeric columns merged from an evaluation: constant within each γ, not ours."""
     if metrics is not None:
-        _need(df, list(metrics), "plot_surviving_layers")
+        need_columns(df, list(metrics), "plot_surviving_layers", SPARSITY)
         return list(metrics)
     extra = [c for c in df.columns if c not in SPARSITY_COLUMNS
              and pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c])]
@@ -91,10 +81,12 @@ def plot_surviving_layers(df: pd.DataFrame, metrics: list[str] | None = None):
     panel per point, stacked on a shared γ axis whose labels count the active sites. When the
     frame carries evaluation columns (``metrics``; default: every per-γ numeric column that
     ``layer_sparsity`` merged, restricted to the headline ones such as ``toxic_share``,
-    ``mean_score``, ``ppl`` when present), a line panel per metric sits on top, so each γ's toxicity / perplexity reads straight above the layers it kept."""
-    _need(df, ["gamma", "layer", "point", "group_norm"], "plot_surviving_layers")
+    ``mean_score``, ``ppl`` when present), a line panel per metric sits on top, so each γ's
+    toxicity / perplexity reads straight above the layers it kept."""
+    need_columns(df, ["gamma", "layer", "point", "group_norm"], "plot_surviving_layers",
+                 SPARSITY)
     metrics = _metric_columns(df, metrics)
-    points, gammas = _points(df), np.sort(df["gamma"].unique())
+    points, gammas = ordered_points(df), np.sort(df["gamma"].unique())
     layers = np.arange(df["layer"].min(), df["layer"].max() + 1)
     grid_h = max(1.6, 0.17 * len(layers) + 0.5)
     fig, axes = figure(len(metrics) + len(points), 1, sharex=True, squeeze=False,
@@ -165,9 +157,9 @@ def plot_aura_lineas_overlap(df: pd.DataFrame):
     (chance, black ticks) and the most they could share (``min(n_aura, n_lineas)``, pale bars);
     ★ marks an overlap above chance at p < 0.05 (hypergeometric), × a site LinEAS switched off.
     One panel per point, x = layer. ``k`` and ``gamma`` columns, when present, go in the title."""
-    _need(df, ["layer", "point", "n_aura", "n_lineas", "n_both", "expected_both", "p_value"],
-          "plot_aura_lineas_overlap", "aura_lineas_overlap")
-    points = _points(df)
+    need_columns(df, ["layer", "point", "n_aura", "n_lineas", "n_both", "expected_both",
+                      "p_value"], "plot_aura_lineas_overlap", "aura_lineas_overlap")
+    points = ordered_points(df)
     layers = np.arange(df["layer"].min(), df["layer"].max() + 1)
     fig, axes = figure(len(points), 1, sharex=True, sharey=True, squeeze=False,
                        layout="constrained",

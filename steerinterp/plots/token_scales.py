@@ -10,17 +10,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..sites import POINTS, Site
-from .base import STYLE, figure
+from ..sites import Site
+from .base import STYLE, figure, need_columns, ordered_points
 
 OFF = "#bdbdbd"  # sites whose gate is off (inactive probe)
-
-
-def _need(df: pd.DataFrame, columns: list[str], who: str) -> None:
-    missing = [c for c in columns if c not in df.columns]
-    if missing or df.empty:
-        raise ValueError(f"{who} needs a non-empty frame with columns {columns}; "
-                         f"missing: {missing or 'rows'}")
 
 
 def _ids(df: pd.DataFrame, text_id) -> list[int]:
@@ -65,7 +58,7 @@ def plot_token_heatmap(df: pd.DataFrame, text_id: int | list[int]):
     several texts of a :func:`~steerinterp.analysis.token_scales.token_scales` frame, one panel
     per text; colours fixed to [0, 1] so panels compare. A site whose gate is exactly 0 on
     every token (an inactive probe: a sigmoid gate is never exactly 0) is drawn grey."""
-    _need(df, ["text_id", "position", "token", "site", "scale"], "plot_token_heatmap")
+    need_columns(df, ["text_id", "position", "token", "site", "scale"], "plot_token_heatmap")
     ids, sites = _ids(df, text_id), _sites(df)
     n_pos = max(df.loc[df["text_id"] == i, "position"].nunique() for i in ids)
     row_h = 0.17 * len(sites) + 1.3
@@ -99,8 +92,8 @@ def plot_token_heatmap(df: pd.DataFrame, text_id: int | list[int]):
 def plot_scale_by_site(df: pd.DataFrame):
     """Mean gate per layer for each text group (``mean_scale_by_site`` frame), ±1 standard
     error over texts, one panel per point; open markers: sites whose probe is inactive."""
-    _need(df, ["group", "layer", "point", "mean_scale", "se"], "plot_scale_by_site")
-    points = sorted(df["point"].unique(), key=lambda p: POINTS.index(p) if p in POINTS else 99)
+    need_columns(df, ["group", "layer", "point", "mean_scale", "se"], "plot_scale_by_site")
+    points = ordered_points(df)
     groups = list(dict.fromkeys(df["group"]))
     fig, axes = figure(1, len(points), sharey=True, squeeze=False, layout="constrained",
                        size=(max(4.5, 0.2 * df["layer"].nunique() + 2.2) * len(points) + 1.5, 3.8))
@@ -133,7 +126,7 @@ def token_scales_html(df: pd.DataFrame, text_id: int, site: str | None = None):
     (``colored_tokens_multi``, hover a token for all its values). For notebooks."""
     from circuitsvis.tokens import colored_tokens, colored_tokens_multi
 
-    _need(df, ["text_id", "position", "token", "site", "scale"], "token_scales_html")
+    need_columns(df, ["text_id", "position", "token", "site", "scale"], "token_scales_html")
     _ids(df, text_id)
     sub = df[df["text_id"] == text_id]
     sites = _sites(sub)
