@@ -44,14 +44,20 @@ def _draw_auroc(frames):
 analysis("auroc")((_auroc, _draw_auroc))
 
 
-def _sparsity(ctx: Context) -> dict[str, pd.DataFrame]:
-    from .analysis import fit_lineas_path, layer_sparsity
+def _lineas_path(ctx: Context) -> list[Lineas]:
+    """One LinEAS per γ of the size, fitted once and cached (sparsity and aura_lineas)."""
+    from .analysis import fit_lineas_path
 
     toxic, wiki = ctx.texts()
-    path = fit_lineas_path(ctx.model, toxic, wiki, list(ctx.z.gammas),
+    return fit_lineas_path(ctx.model, toxic, wiki, list(ctx.z.gammas),
                            base_config={"steps": ctx.z.lineas_steps},
                            cache_dir=ctx.cache / "lineas_path", progress=False)
-    return {"layer_sparsity": layer_sparsity(path, list(ctx.z.gammas))}
+
+
+def _sparsity(ctx: Context) -> dict[str, pd.DataFrame]:
+    from .analysis import layer_sparsity
+
+    return {"layer_sparsity": layer_sparsity(_lineas_path(ctx), list(ctx.z.gammas))}
 
 
 def _draw_sparsity(frames):
@@ -67,13 +73,9 @@ analysis("sparsity")((_sparsity, _draw_sparsity))
 
 def _aura_lineas(ctx: Context) -> dict[str, pd.DataFrame]:
     """AurA fitted at the sites of the sparsest LinEAS of the γ path that still steers."""
-    from .analysis import aura_lineas_overlap, fit_lineas_path
+    from .analysis import aura_lineas_overlap
 
-    toxic, wiki = ctx.texts()
-    path = fit_lineas_path(ctx.model, toxic, wiki, list(ctx.z.gammas),  # as _sparsity: cached
-                           base_config={"steps": ctx.z.lineas_steps},
-                           cache_dir=ctx.cache / "lineas_path", progress=False)
-    gamma, lineas = _sparsest_active(list(ctx.z.gammas), path)
+    gamma, lineas = _sparsest_active(list(ctx.z.gammas), _lineas_path(ctx))
     aura = ctx.steerer("aura_lineas_sites", "aura", sites=[str(s) for s in lineas.sites])
     k = max(1, min(lineas.provenance["widths"].values()) // 10)  # the sites share a width
     df = aura_lineas_overlap(aura, lineas, k=k)
