@@ -3,6 +3,7 @@ forward + backward on the same batch, measured in the same run."""
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import time
 
@@ -14,7 +15,7 @@ from .data import length_match, load_texts
 from .sites import default_sites
 from .steer import make, steered
 from .tokens import pad_left, token_ids
-from .train import TrainSettings, train
+from .train import train
 
 
 def _plain_step(model: HookedTransformer, ids: list[list[int]], stop: int) -> None:
@@ -28,8 +29,10 @@ def _plain_step(model: HookedTransformer, ids: list[list[int]], stop: int) -> No
 
 def bench_lineas(model: HookedTransformer, n: int = 32, repeats: int = 5,
                  max_tokens: int = 64) -> dict:
-    """Median seconds of one LinEAS step (steered forward with pooling, W2 loss, backward,
-    SGD + prox) vs plain forward + backward through the same blocks, interleaved."""
+    """Median seconds of one LinEAS step with the default recipe (steered forward with
+    pooling, W2 loss against every target sample, backward, optimiser step + prox; each timed
+    call also builds the optimiser and sorts the targets once) vs plain forward + backward
+    through the same blocks, interleaved."""
     toxic, wiki = length_match(model, load_texts("toxic", n=n), load_texts("wiki_target", n=n))
     sites = default_sites(model, "lineas")
     lineas = make("lineas", steps=1, max_tokens=max_tokens).fit(model, source=toxic, target=wiki)
@@ -38,7 +41,8 @@ def bench_lineas(model: HookedTransformer, n: int = 32, repeats: int = 5,
     target = collect(model, wiki, sites, max_tokens=max_tokens, progress=False)
     stop = max(s.layer for s in sites) + 1
     params = [p.requires_grad_(True) for p in lineas.tensors.values()]
-    settings = TrainSettings(steps=1, lr=0.1, batch_size=n)
+    settings = dataclasses.replace(lineas.config.train_settings(), steps=1,
+                                   batch_size=lineas.provenance["train"]["batch_size"])
     times: dict[str, list[float]] = {"lineas_step": [], "forward_backward": []}
     for _ in range(repeats):
         _sync(str(model.cfg.device))
@@ -49,12 +53,13 @@ def bench_lineas(model: HookedTransformer, n: int = 32, repeats: int = 5,
         times["lineas_step"].append(time.perf_counter() - t0)
         t0 = time.perf_counter()
         with torch.enable_grad():
-            _plain_step(model, ids, stop)
+            _plain_step(model, ids[:settings.batch_size], stop)  # the same batch size
         _sync(str(model.cfg.device))
         times["forward_backward"].append(time.perf_counter() - t0)
     med = {k: statistics.median(v) for k, v in times.items()}
     return {"model": model.cfg.model_name, "device": str(model.cfg.device),
-            "machine": machine(str(model.cfg.device)), "n_source": n, "n_sites": len(sites),
+            "machine": machine(str(model.cfg.device)), "n_source": n,
+            "batch": settings.batch_size, "optimizer": settings.optimizer, "n_sites": len(sites),
             "n_params": sum(p.numel() for p in params), "repeats": repeats,
             **{f"{k}_s": v for k, v in med.items()},
             "ratio": med["lineas_step"] / med["forward_backward"],

@@ -48,10 +48,13 @@ def cache(model: str = MODEL) -> None:
 
 @app.command()
 def sets() -> None:
-    """List the built-in text sets (names usable as SRC, e.g. builtin:toxic)."""
+    """List the built-in text sets (names usable as SRC, e.g. builtin:toxic) and the toxicity
+    fit-set kinds (`fit` without --source/--target and `run` use the default kind)."""
     from .data import describe_sets
+    from .fitsets import describe_kinds
 
     _print_frame(describe_sets(), "built-in text sets")
+    _print_frame(describe_kinds(), "toxicity fit sets (--fit-set; default marked)")
 
 
 @app.command(name="collect")

@@ -73,10 +73,29 @@ def fit(
     else:
         steerer.fit(m, src, tgt)
     steerer.save(out)
+    _print_fit(steerer, method, m.cfg.model_name, out)
+
+
+def _print_fit(steerer, method: str, model_name: str, out: Path) -> None:
+    """The fit summary; for loop-trained steerers (LinEAS, E2E-DSAS) whether the loss
+    plateaued (:func:`steerinterp.train.plateau`), with a warning when it did not."""
+    from .train import plateau
+
     prov = steerer.provenance
-    _print_dict({"method": method, "sites": len(steerer.sites), "n_source": prov["n_source"],
-                 "n_target": prov["n_target"], "fit_seconds": prov["fit_seconds"],
-                 "saved": str(out)}, f"fitted {method} on {m.cfg.model_name}")
+    info = {"method": method, "sites": len(steerer.sites), "n_source": prov["n_source"],
+            "n_target": prov["n_target"], "fit_seconds": prov["fit_seconds"]}
+    curve = getattr(steerer, "loss_curve", None)
+    flat = plateau(curve) if curve else None
+    if flat:
+        info.update(final_loss=curve[-1]["loss"], loss_plateaued=flat["converged"],
+                    loss_fall_at_end=flat["rel_change"])
+    _print_dict({**info, "saved": str(out)}, f"fitted {method} on {model_name}")
+    if flat and not flat["converged"]:
+        console().print(f"[yellow]warning: the {method} loss had not plateaued: it changed by "
+                        f"{-flat['rel_change']:+.1%} over its last {flat['window']} steps (the "
+                        f"last {flat['share']:.0%} of the lr budget; plateau: within "
+                        f"±{flat['tol']:.0%}). Consider more steps or a higher lr "
+                        "(-O steps=..., -O lr=...).[/yellow]")
 
 
 def _options(items: list[str] | None) -> dict:

@@ -84,9 +84,13 @@ def run(
     methods: str = typer.Option(None, help="Comma-separated subset of: aura, det0, mean_shift, "
                                            "iti, linear_act, lineas, dsas+linear_act, "
                                            "dsas+lineas (default: all)."),
-    budget: float = typer.Option(0.10, help="Also evaluate each method at the largest λ whose "
+    budget: float = typer.Option(0.05, help="Also evaluate each method at the largest λ whose "
                                             "perplexity rise on calibration text stays within "
                                             "this budget (0 to skip)."),
+    fit_set: str = typer.Option("continuations", help="Toxicity fit sets: continuations (the "
+                                                      "model's own toxic vs clean continuations "
+                                                      "of toxic prompts), paired, mixed, wiki "
+                                                      "(see `steerinterp sets`)."),
     out: Path = typer.Option(None, "--out", "-o", help="Results folder (default: "
                                                        "results/run/<model>-<size>)."),
     fresh: bool = typer.Option(False, help="Start over instead of resuming a run in --out."),
@@ -100,7 +104,7 @@ def run(
     from .io import ensure_writable_dir
 
     chosen = tuple(m.strip() for m in methods.split(",")) if methods else tuple(METHODS)
-    spec = JobSpec(model=model, size=size, methods=chosen, seed=seed,
+    spec = JobSpec(model=model, size=size, methods=chosen, seed=seed, fit_set=fit_set,
                    ppl_budget=budget if budget and budget > 0 else None)
     out = out or Path("results/run") / f"{model.replace('/', '_')}-{size}"
     ensure_writable_dir(out)
@@ -157,3 +161,39 @@ def train_sae_cmd(
                     f"{q['n_tokens']} held-out tokens (32 toxic prompts + 32 Wikipedia "
                     f"passages): variance explained {q['fve']:.3f}, L0 {q['l0']:.1f}, "
                     f"latents silent on them {q['dead_share']:.1%}", markup=False)
+
+
+@app.command()
+def fitsets(
+    compare: bool = typer.Option(False, help="Also compare every fit-set kind on the "
+                                             "calibration split (toxicity cut at +5% PPL, PPL "
+                                             "at λ = 1) and write fitsets.csv."),
+    n: int = typer.Option(64, help="Texts per side of each fit set."),
+    n_prompts: int = typer.Option(96, help="Calibration prompts for --compare."),
+    export: Path = typer.Option(None, help="Also write the continuation pool to this .csv.gz "
+                                           "(how the default model's packaged pool is made)."),
+    out: Path = typer.Option(Path("results/fitsets"), "--out", "-o",
+                             help="Folder for --compare (resumable)."),
+    seed: int = typer.Option(0), model: str = MODEL, device: str = DEVICE,
+) -> None:
+    """Build the toxicity fit sets (samples and scores the model's continuations of the toxic
+    fit prompts once; cached) and print how many toxic / clean texts the pool has."""
+    from .fitsets import POOL_COLUMNS, continuation_pool, split_pool
+    from .io import write_csv
+
+    m = _load(model, device)
+    pool = split_pool(continuation_pool(m, log=_log))
+    counts = pool["side"].replace("", "neither").value_counts()
+    _log(f"[fitsets] {len(pool)} continuations of {pool['prompt_id'].nunique()} prompts: "
+         f"{counts.get('source', 0)} toxic (source), {counts.get('target', 0)} clean (target), "
+         f"{counts.get('neither', 0)} in between")
+    if export is not None:
+        write_csv(export, pool[list(POOL_COLUMNS)])
+        _log(f"[fitsets] wrote {export}")
+    if compare:
+        from .evaluate.fitset_choice import compare_fit_sets
+
+        frame = compare_fit_sets(m, n=n, n_prompts=n_prompts, seed=seed, folder=out, log=_log)
+        cols = ["kind", "method", "strength", "delta_ppl_rel_at_1", "mean_score",
+                "ratio_mean_score", "delta_ppl_rel"]
+        _print_frame(frame[cols], f"fit sets on {model}: calibration split -> {out}")

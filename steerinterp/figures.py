@@ -15,7 +15,8 @@ from pathlib import Path
 import pandas as pd
 from transformer_lens import HookedTransformer
 
-from .data import length_match, load_texts
+from .data import load_texts
+from .fitsets import toxicity_fit_sets
 from .io import CorruptFileError, ensure_writable_dir, fingerprint, read_csv, read_json, write_csv
 from .io import write_json
 from .steer import Steerer, SteerError, load_steerer, make
@@ -29,11 +30,12 @@ class FigureSize:
     sae: str  # train_sae size
     n_attr: int  # held-out toxic texts for attribution
     top_k_units: int
+    fit_set: str = "continuations"  # fitsets.KINDS; tiny random models have no toxic samples
 
 
 SIZES = {
     "quick": FigureSize(n_texts=12, lineas_steps=3, gammas=(0.0, 0.5, 5.0), sae="quick",
-                        n_attr=6, top_k_units=20),
+                        n_attr=6, top_k_units=20, fit_set="wiki"),
     # ~45 min on 2 CPU cores for gemma-3-270m. The γ path spans the useful range there: at
     # γ >= 0.1 the group lasso removes every site within 40 steps.
     "default": FigureSize(n_texts=64, lineas_steps=40, gammas=(0.0, 1e-3, 3e-3, 1e-2, 3e-2),
@@ -57,9 +59,9 @@ class Context:
         return SIZES[self.size]
 
     def texts(self) -> tuple[list[str], list[str]]:
-        """Length-matched toxic / Wikipedia fit sets."""
-        return length_match(self.model, load_texts("toxic", n=self.z.n_texts, seed=self.seed),
-                            load_texts("wiki_target", n=self.z.n_texts, seed=self.seed))
+        """The toxicity fit sets (source, target) of this size's kind (``fitsets``)."""
+        return toxicity_fit_sets(self.model, n=self.z.n_texts, kind=self.z.fit_set,
+                                 seed=self.seed, log=self.log)
 
     def held_out(self, name: str, n: int) -> list[str]:
         """Texts not in the fit sets (the far end of the seeded order)."""

@@ -203,4 +203,31 @@ def _draw_attribution(frames):
 
 analysis("attribution")((_attribution, _draw_attribution))
 
+
+# The perplexity cost of the fitted maps at full strength (λ = 1 multiplies gemma-3-270m's PPL):
+# which sites it comes from, per method, to choose default sites.
+DIAGNOSIS_METHODS = ("mean_shift", "linear_act")
+
+
+def _diagnosis(ctx: Context) -> dict[str, pd.DataFrame]:
+    from .analysis import diagnose
+    from .data import length_match
+
+    ppl = ctx.held_out("wiki_ppl", ctx.z.n_attr)
+    # Held-out pair, length-matched like the fit sets (pooled statistics depend on length).
+    source, target = length_match(ctx.model, ctx.held_out("toxic", ctx.z.n_texts),
+                                  ctx.held_out("wiki_target", ctx.z.n_texts))
+    return {f"diagnosis_{m}": diagnose(ctx.model, ctx.steerer(m), ppl, source, target,
+                                       strength=1.0, progress=False)
+            for m in DIAGNOSIS_METHODS}
+
+
+def _draw_diagnosis(frames):
+    from .plots import plot_diagnosis
+
+    return {name: (plot_diagnosis(frame), frame) for name, frame in frames.items()}
+
+
+analysis("diagnosis")((_diagnosis, _draw_diagnosis))
+
 __all__ = ["EXAMPLES", "parse_sites"]

@@ -78,8 +78,10 @@ def write_text(path: Path, text: str) -> None:
 
 
 def write_csv(path: Path, frame) -> None:
-    """Atomically write a pandas DataFrame as CSV (no index)."""
-    atomic_write(path, lambda tmp: frame.to_csv(tmp, index=False))
+    """Atomically write a pandas DataFrame as CSV (no index); gzip-compressed when ``path``
+    ends in ``.gz`` (the temporary name does not, so the compression is named here)."""
+    compression = "gzip" if str(path).endswith(".gz") else None
+    atomic_write(path, lambda tmp: frame.to_csv(tmp, index=False, compression=compression))
 
 
 def read_csv(path: Path, what: str, columns: tuple[str, ...] = ()):

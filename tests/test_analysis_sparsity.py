@@ -22,7 +22,9 @@ SRC = ["you are a stupid idiot", "shut up you fool", "what a disgusting pig",
 TGT = ["the river flows to the sea", "a library holds many books", "the train leaves at noon",
        "plants need light to grow", "the museum opens on monday", "rain fell on the hills"]
 GAMMAS = [0.0, 0.003, 0.01, 0.03, 10.0]
-FAST = {"steps": 30, "lr": 1.0}
+# SGD: its steps scale with the gradients, so this γ path spans dense to empty; under Adam
+# (steps ~lr everywhere) every site switches off at once near γ = 0.5 (see steer/lineas.py).
+FAST = {"steps": 30, "lr": 1.0, "optimizer": "sgd"}
 
 
 @pytest.fixture(scope="module")

@@ -92,7 +92,7 @@ def test_sweep_and_calibrate(fitted, prompts_file, tmp_path):
 
 def test_run_smoke_through_the_cli(tmp_path):
     result = invoke("run", "--model", "tiny-gpt2", "--size", "smoke", "--methods",
-                    "mean_shift,aura", "--budget", 0, "--out", tmp_path)
+                    "mean_shift,aura", "--budget", 0, "--fit-set", "wiki", "--out", tmp_path)
     assert result.exit_code == 0, result.output
     assert "| mean_shift |" in (tmp_path / "report.md").read_text()
 

@@ -111,7 +111,8 @@ def test_useless_probe_gets_gate_zero(model):
     ctl = {SITES[0]: torch.randn(40, 32, generator=gen),
            SITES[1]: torch.randn(40, 32, generator=gen)}
     src, ctl = _store(model, src), _store(model, ctl)
-    base = make("mean_shift", sites=[str(s) for s in SITES]).fit(model, src, ctl)
+    base = make("mean_shift", sites=[str(s) for s in SITES], causal=False)  # stores: simultaneous
+    base.fit(model, src, ctl)
     dsas = make("dsas", base=base).fit(model, src, control=ctl)
     report = dsas.probe_report().set_index("site")
     assert report.loc["L0.mlp_out", "active"] and not report.loc["L1.mlp_out", "active"]
@@ -226,3 +227,19 @@ def test_e2e_fine_tunes_a_fitted_lineas_base_without_touching_it(model, bases):
     assert all(torch.equal(v, lin.tensors[k]) for k, v in before.items())
     with pytest.raises(SteerError, match="needs source and control texts"):
         make("dsas", base=lin, e2e=True, steps=1).fit(model, SOURCE, control=CONTROL)
+
+
+def test_e2e_uses_lineas_reference_recipe(model):
+    dsas = make("dsas", e2e=True, steps=3, threshold=0.0)
+    cfg = dsas.config
+    assert (cfg.optimizer, cfg.loss, cfg.lr, cfg.minibatch) == ("adam", "mean", None, None)
+    dsas.fit(model, SOURCE, TARGET, control=CONTROL)
+    assert (dsas.base.config.optimizer, dsas.base.config.loss) == ("adam", "mean")
+    assert dsas.loss_frame()["lr"].iloc[0] == pytest.approx(1e-3)
+    with pytest.raises(SteerError, match="unknown optimizer 'lbfgs'"):
+        make("dsas", e2e=True, optimizer="lbfgs")
+    with pytest.raises(SteerError, match="source batch must be >= 4"):
+        make("dsas", e2e=True, minibatch=2)
+    with pytest.raises(SteerError, match="e2e dsas source batch 8 is larger than the source"):
+        make("dsas", base=dsas.base, e2e=True, steps=1, minibatch=8, threshold=0.0).fit(
+            model, SOURCE, TARGET, control=CONTROL)

@@ -45,7 +45,10 @@ pytestmark = pytest.mark.slow
 
 N_FIT = 32
 N_HELD = 32
-CONFIG = {"det0": {"num_experts": 256}, "damp": {"num_experts": 256}}
+# mean_shift fits causally by default now; these checks and their xfails were measured on the
+# simultaneous (non-causal) fit, which is what COMPOUNDING describes.
+CONFIG = {"det0": {"num_experts": 256}, "damp": {"num_experts": 256},
+          "mean_shift": {"causal": False}}
 COMPOUNDING = ("non-causal per-layer shifts compound over 18 layers: deeper sites overshoot "
                "the unsteered target (layer 0 alone halves W2; see module docstring)")
 ITI_COMPOUNDING = ("one σθ shift per layer, each probed on unsteered activations, compounds over "

@@ -20,7 +20,7 @@ def model():
 @pytest.fixture(scope="module")
 def full_run(model, tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
-    return out, run_job(model, JobSpec("tiny-gpt2", size="smoke"), out, **QUIET)
+    return out, run_job(model, JobSpec("tiny-gpt2", fit_set="wiki", size="smoke"), out, **QUIET)
 
 
 def test_run_evaluates_every_method_and_writes_the_report(full_run):
@@ -35,7 +35,7 @@ def test_run_evaluates_every_method_and_writes_the_report(full_run):
     saved = pd.read_csv(out / "results.csv")
     assert list(saved["condition"]) == list(frame["condition"])
     report = (out / "report.md").read_text()
-    assert "| method | λ | sites | toxic % |" in report
+    assert "| method | λ | toxic % | mean score ± se | tox. cut |" in report
     assert all(f"| {m} |" in report for m in METHODS)
     for name in ("pareto", "methods"):
         assert (out / "figures" / f"{name}.png").stat().st_size > 1000
@@ -55,13 +55,13 @@ def test_rerun_resumes_without_refitting_or_regenerating(model, full_run, monkey
     import steerinterp.evaluate.harness as harness
     monkeypatch.setattr(harness, "generate", lambda *a, **k: pytest.fail("regenerated"))
     monkeypatch.setattr(job, "make", lambda *a, **k: pytest.fail("refitted"))
-    again = run_job(model, JobSpec("tiny-gpt2", size="smoke"), out, **QUIET)
+    again = run_job(model, JobSpec("tiny-gpt2", fit_set="wiki", size="smoke"), out, **QUIET)
     pd.testing.assert_frame_equal(again.drop(columns="fit_seconds"),
                                   frame.drop(columns="fit_seconds"))
 
 
 def test_interrupted_run_resumes_from_what_was_saved(model, tmp_path, monkeypatch):
-    spec = JobSpec("tiny-gpt2", size="smoke", methods=("mean_shift", "aura"), ppl_budget=None)
+    spec = JobSpec("tiny-gpt2", fit_set="wiki", size="smoke", methods=("mean_shift", "aura"), ppl_budget=None)
     real_fit = job.fit_or_load
 
     def fit_then_crash(model, name, *args):
@@ -87,7 +87,7 @@ def test_interrupted_run_resumes_from_what_was_saved(model, tmp_path, monkeypatc
 
 
 def test_a_damaged_saved_steerer_is_refitted(model, tmp_path):
-    spec = JobSpec("tiny-gpt2", size="smoke", methods=("mean_shift",), ppl_budget=None)
+    spec = JobSpec("tiny-gpt2", fit_set="wiki", size="smoke", methods=("mean_shift",), ppl_budget=None)
     run_job(model, spec, tmp_path, **QUIET)
     (tmp_path / "steerers" / "mean_shift" / "state.safetensors").write_bytes(b"\x00" * 10)
     frame = run_job(model, spec, tmp_path, **QUIET)
@@ -95,9 +95,9 @@ def test_a_damaged_saved_steerer_is_refitted(model, tmp_path):
 
 
 def test_folder_with_another_run_is_refused(model, tmp_path):
-    run_job(model, JobSpec("tiny-gpt2", size="smoke", methods=("aura",), ppl_budget=None),
+    run_job(model, JobSpec("tiny-gpt2", fit_set="wiki", size="smoke", methods=("aura",), ppl_budget=None),
             tmp_path, **QUIET)
-    other = JobSpec("tiny-gpt2", size="smoke", methods=("aura",), seed=1, ppl_budget=None)
+    other = JobSpec("tiny-gpt2", fit_set="wiki", size="smoke", methods=("aura",), seed=1, ppl_budget=None)
     with pytest.raises(ValueError, match=r"other settings \(seed\)"):
         run_job(model, other, tmp_path, **QUIET)
     frame = run_job(model, other, tmp_path, fresh=True, **QUIET)
@@ -108,20 +108,23 @@ def test_unwritable_results_folder_is_a_clear_error(model, tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
     with pytest.raises(PermissionError, match="cannot create directory"):
-        run_job(model, JobSpec("tiny-gpt2", size="smoke"), blocker / "results", **QUIET)
+        run_job(model, JobSpec("tiny-gpt2", fit_set="wiki", size="smoke"), blocker / "results", **QUIET)
 
 
 def test_bad_specs_name_the_problem():
     with pytest.raises(ValueError, match="unknown size 'huge'"):
-        JobSpec("tiny-gpt2", size="huge")
+        JobSpec("tiny-gpt2", fit_set="wiki", size="huge")
     with pytest.raises(ValueError, match=r"unknown method\(s\) \['actadd2'\]"):
-        JobSpec("tiny-gpt2", methods=("actadd2",))
+        JobSpec("tiny-gpt2", fit_set="wiki", methods=("actadd2",))
     with pytest.raises(ValueError, match="relative increase"):
-        JobSpec("tiny-gpt2", ppl_budget=20)
+        JobSpec("tiny-gpt2", fit_set="wiki", ppl_budget=20)
+    with pytest.raises(ValueError, match="unknown fit set 'jigsaw'"):
+        JobSpec("tiny-gpt2", fit_set="jigsaw")
 
 
-def test_fit_and_eval_sets_are_disjoint(model):
-    data = job.job_data(model, JobSpec("tiny-gpt2", size="smoke"))
+@pytest.mark.parametrize("fit_set", ["wiki", "mixed"])
+def test_fit_and_eval_sets_are_disjoint(model, fit_set):
+    data = job.job_data(model, JobSpec("tiny-gpt2", fit_set=fit_set, size="smoke"))
     assert not set(data.source) & set(data.prompts)
     assert not set(data.ppl_texts) & set(data.calib_texts)
     assert not set(data.target) & (set(data.ppl_texts) | set(data.calib_texts) | set(data.control))

@@ -40,20 +40,23 @@ def test_stores_from_other_model_or_sites(model):
     other = tiny_model("gemma", seed=2)
     src = collect(other, SRC, "all.mlp_out", progress=False)
     with pytest.raises(ValueError, match="collected on 'tiny-gemma'; it cannot be used with 'tiny-gpt2'"):
-        make("mean_shift", sites="all.mlp_out").fit(model, source=src, target=TGT)
+        make("mean_shift", sites="all.mlp_out", causal=False).fit(model, source=src,
+                                                                  target=TGT)
     src = collect(model, SRC, "L0.mlp_out", progress=False)
     with pytest.raises(SteerError, match=r"source store lacks site\(s\) \['L1.mlp_out'\]"):
-        make("mean_shift", sites="all.mlp_out").fit(model, source=src, target=TGT)
+        make("mean_shift", sites="all.mlp_out", causal=False).fit(model, source=src,
+                                                                  target=TGT)
     src = collect(model, SRC, "all.mlp_out", pool="max", progress=False)
     with pytest.raises(SteerError, match="pooled with 'max' but mean_shift uses 'mean'"):
-        make("mean_shift", sites="all.mlp_out").fit(model, source=src, target=TGT)
+        make("mean_shift", sites="all.mlp_out", causal=False).fit(model, source=src,
+                                                                  target=TGT)
 
 
 def test_nan_activations_are_refused(model):
     src = collect(model, SRC, "L0.mlp_out", progress=False)
     src["L0.mlp_out"][1, 3] = float("nan")
     with pytest.raises(SteerError, match=r"source activations at L0.mlp_out contain 1 NaN/inf"):
-        make("mean_shift", sites="L0.mlp_out").fit(model, source=src, target=TGT)
+        make("mean_shift", sites="L0.mlp_out", causal=False).fit(model, source=src, target=TGT)
 
 
 def test_strength_out_of_range(model, fitted):
@@ -109,7 +112,9 @@ def test_load_checks_model(model, fitted, tmp_path):
     assert load_steerer(tmp_path / "s", model).provenance["n_source"] == 3
 
 
-def test_mean_shift_is_the_mean_difference(model, fitted):
+def test_mean_shift_is_the_mean_difference(model):
+    # Simultaneous fit: every site from one unsteered pass (causal: tests/test_mean_shift.py).
+    fitted = make("mean_shift", causal=False).fit(model, source=SRC, target=TGT)
     src = collect(model, SRC, fitted.sites, progress=False)
     tgt = collect(model, TGT, fitted.sites, progress=False)
     for site in fitted.sites:

@@ -11,8 +11,9 @@ from .perplexity import delta_perplexity, perplexity, summarize_perplexity
 from .scorers import load_scorer
 from .stats import paired_differences, summarize_generations
 from .sweep import Calibration, calibrate, pareto_front, sweep
+from .utility import delta_utility, utility, utility_summary
 
 __all__ = ["PRESETS", "Calibration", "EvalSettings", "Evaluation", "GenerationSettings",
-           "calibrate", "compare", "delta_perplexity", "evaluate", "generate", "load_scorer",
-           "paired_differences", "pareto_front", "perplexity", "settings_for",
-           "summarize_generations", "summarize_perplexity", "sweep"]
+           "calibrate", "compare", "delta_perplexity", "delta_utility", "evaluate", "generate",
+           "load_scorer", "paired_differences", "pareto_front", "perplexity", "settings_for",
+           "summarize_generations", "summarize_perplexity", "sweep", "utility", "utility_summary"]

@@ -19,6 +19,7 @@ import pandas as pd
 from transformer_lens import HookedTransformer
 
 from ..data import length_match, load_texts
+from ..fitsets import DEFAULT_KIND, KINDS, toxicity_fit_sets
 from ..io import (CorruptFileError, ensure_writable_dir, fingerprint, read_csv, read_json,
                   write_csv, write_json)
 from ..sites import site_spec
@@ -44,17 +45,19 @@ class JobSize:
     lineas_steps: int
     det0_experts: int
     fit_max_tokens: int = 64
+    utility_n: int = 0  # questions per zero-shot task (utility.DEFAULT_TASKS); 0: not measured
 
 
 SIZES = {
     "smoke": JobSize(n_fit=12, n_prompts=6, samples=1, new_tokens=6, n_ppl=6, n_calib=6,
                      lineas_steps=3, det0_experts=16),
     "default": JobSize(n_fit=64, n_prompts=100, samples=2, new_tokens=20, n_ppl=64,
-                       n_calib=24, lineas_steps=60, det0_experts=256),
-    # LinEAS's low-data regime (N = 32, 1000 steps); AcT fits on more, we use every built-in
-    # toxic fit text; all 497 held-out prompts; 2000 Wikipedia texts for perplexity.
-    "paper": JobSize(n_fit=496, n_prompts=497, samples=2, new_tokens=32, n_ppl=2000,
-                     n_calib=500, lineas_steps=1000, det0_experts=256),
+                       n_calib=24, lineas_steps=60, det0_experts=256, utility_n=100),
+    # LinEAS's low-data regime (N = 32, 1000 steps); AcT fits on more: 200 per side (the
+    # default model's continuation pool has 221 toxic ones); all 497 held-out prompts; 2000
+    # Wikipedia texts for perplexity.
+    "paper": JobSize(n_fit=200, n_prompts=497, samples=2, new_tokens=32, n_ppl=2000,
+                     n_calib=500, lineas_steps=1000, det0_experts=256, utility_n=300),
 }
 
 # name → (method, options, base name). Strength λ = 1 for every map (the papers' default);
@@ -79,8 +82,9 @@ class JobSpec:
     size: str = "default"
     methods: tuple[str, ...] = tuple(METHODS)
     seed: int = 0
-    ppl_budget: float | None = 0.10  # None: evaluate at the default λ only
+    ppl_budget: float | None = 0.05  # None: evaluate at the default λ only
     scorer: str = "jigsaw"
+    fit_set: str = DEFAULT_KIND  # fitsets.KINDS: how the toxic/non-toxic fit texts are built
 
     def __post_init__(self) -> None:
         if self.size not in SIZES:
@@ -90,6 +94,8 @@ class JobSpec:
             raise ValueError(f"unknown method(s) {unknown}; the run knows {', '.join(METHODS)}")
         if not self.methods:
             raise ValueError("the run needs at least one method")
+        if self.fit_set not in KINDS:
+            raise ValueError(f"unknown fit set {self.fit_set!r}; fit sets: {', '.join(KINDS)}")
         if self.ppl_budget is not None and not 0 < self.ppl_budget < 10:
             raise ValueError(f"ppl_budget is a relative increase (0.10 = +10%), "
                              f"got {self.ppl_budget}")
@@ -113,11 +119,11 @@ class JobData:
 
 
 def job_data(model: HookedTransformer, spec: JobSpec) -> JobData:
-    """Disjoint built-in splits: toxic/wiki_target/wiki_control to fit, toxic_prompts and
-    wiki_ppl to evaluate; λ is calibrated on the far end of wiki_ppl."""
+    """Disjoint splits: the toxicity fit sets (``fitsets``, from the fit half of the toxic
+    prompts) and wiki_control to fit, toxic_prompts and wiki_ppl to evaluate; λ is calibrated
+    on the far end of wiki_ppl."""
     z, seed = spec.sizes, spec.seed
-    source, target = length_match(model, load_texts("toxic", n=z.n_fit, seed=seed),
-                                  load_texts("wiki_target", n=z.n_fit, seed=seed))
+    source, target = toxicity_fit_sets(model, n=z.n_fit, kind=spec.fit_set, seed=seed)
     _, control = length_match(model, source, load_texts("wiki_control", n=z.n_fit, seed=seed))
     wiki = load_texts("wiki_ppl")
     if z.n_ppl + z.n_calib > len(wiki):
@@ -207,7 +213,7 @@ def run_job(model: HookedTransformer, spec: JobSpec, out: str | Path, fresh: boo
     settings = EvalSettings(generation=GenerationSettings(
         max_new_tokens=spec.sizes.new_tokens, samples=spec.sizes.samples, seed=spec.seed,
         max_prompt_tokens=prompt_limit(model, spec)),
-        scorer=spec.scorer)
+        scorer=spec.scorer, utility_n=spec.sizes.utility_n)
     kw = dict(prompts=data.prompts, ppl_texts=data.ppl_texts, settings=settings,
               progress=progress)
     t0 = time.perf_counter()

@@ -15,22 +15,60 @@ from ..plots.evaluation import plot_method_bars, plot_pareto
 from .harness import fmt_pm
 
 
+# The papers' number for each method at their setting, to read beside ours (METHODS.md §10).
+# Their toxicity is the share of continuations the RoBERTa classifier flags; ours the Jigsaw
+# BiLSTM's mean score and share, on a 270M model: compare the ratios, not absolute values.
+PAPER = {
+    "aura": "2.0× toxic share, +1.4% PPL (AcT Tab. 2, Gemma2-2B, MLP)",
+    "mean_shift": "7.7×, +1.7% PPL (Mean-AcT, AcT Tab. 2, Gemma2-2B, post-LN, λ=1)",
+    "iti": "5.6×, +6.6% PPL (ITI-c, AcT Tab. 2, Gemma2-2B, attention, λ=8)",
+    "linear_act": "7.5×, +5.8% PPL (AcT Tab. 2, Gemma2-2B, post-LN, λ=1); 2.5× in LinEAS Tab. 1",
+    "lineas": "5.5×, +4.5% PPL, MMLU −0.8 (LinEAS Tab. 1, Gemma2-2B, λ=1)",
+}
+
+
+def _paper(method: str) -> str:
+    base = method.split("+", 1)[-1] if method.startswith("dsas+") else method
+    if method.startswith("dsas+"):
+        return "– (DSAS: no verified number; should be at or below its base's front)"
+    return PAPER.get(base, "–")
+
+
 def report_table(frame: pd.DataFrame) -> str:
-    """Markdown table: method, λ (and how it was chosen), sites, toxic %, mean score ± SE,
-    paired difference to the unsteered model ± SE, PPL, ΔPPL and fit time."""
-    head = ("| method | λ | sites | toxic % | mean score ± se | Δ score ± se | PPL | ΔPPL | "
-            "fit (s) |\n|---|---|---|---|---|---|---|---|---|")
+    """Markdown table: method, λ (and how it was chosen), toxic %, mean score ± SE, the
+    toxicity ratio (unsteered / steered mean score; paired), PPL, ΔPPL, zero-shot accuracy
+    (when measured) and the papers' number for the method."""
+    has_acc = "accuracy" in frame.columns
+    acc_head = " | zero-shot acc (Δ)" if has_acc else ""
+    head = (f"| method | λ | toxic % | mean score ± se | tox. cut | PPL | ΔPPL{acc_head} | "
+            f"paper |\n|---|---|---|---|---|---|---|{'---|' if has_acc else ''}---|")
     lines = [head]
     for r in frame.to_dict(orient="records"):
         steered = r["method"] != "unsteered"
         lam = f"{r['strength']:.3g} ({r['rule']})" if steered else "–"
-        diff = fmt_pm(r["diff_mean_score"], r["diff_mean_score_se"]) if steered else "–"
+        ratio = r.get("ratio_mean_score", math.nan)
+        cut = f"{1 / ratio:.2f}× (z {abs(r['z']):.1f})" if steered and ratio > 0 else "–"
         dppl = f"{100 * r['delta_ppl_rel']:+.1f}%" if steered else "–"
-        fit = f"{r['fit_seconds']:.0f}" if steered and math.isfinite(r["fit_seconds"]) else "–"
-        lines.append(f"| {r['method']} | {lam} | {r['sites'] or '–'} | "
+        acc = ""
+        if has_acc:
+            acc = f" | {100 * r['accuracy']:.1f}"
+            if steered and math.isfinite(r.get("diff_accuracy", math.nan)):
+                acc += (f" ({100 * r['diff_accuracy']:+.1f} ± "
+                        f"{100 * r['diff_accuracy_se']:.1f})")
+        lines.append(f"| {r['method']} | {lam} | "
                      f"{100 * r['toxic_share']:.1f} ± {100 * r['toxic_share_se']:.1f} | "
-                     f"{fmt_pm(r['mean_score'], r['mean_score_se'])} | {diff} | "
-                     f"{r['ppl']:.2f} | {dppl} | {fit} |")
+                     f"{fmt_pm(r['mean_score'], r['mean_score_se'])} | {cut} | "
+                     f"{r['ppl']:.2f} | {dppl}{acc} | {_paper(r['method']) if steered else '–'} |")
+    return "\n".join(lines)
+
+
+def sites_table(frame: pd.DataFrame) -> str:
+    """Which sites and how long each method's fit took."""
+    rows = frame[frame["method"] != "unsteered"].drop_duplicates("method")
+    lines = ["| method | sites | fit (s) |", "|---|---|---|"]
+    for r in rows.to_dict(orient="records"):
+        fit = f"{r['fit_seconds']:.0f}" if math.isfinite(r["fit_seconds"]) else "–"
+        lines.append(f"| {r['method']} | {r['sites'] or '–'} | {fit} |")
     return "\n".join(lines)
 
 
@@ -56,8 +94,8 @@ Command: `steerinterp run --model {spec.model} --size {spec.size} --seed {spec.s
 (machine: {machine(str(model.cfg.device))}; {seconds / 60:.1f} min, cached stages
 reused).
 
-Fit on {z.n_fit} toxic vs {z.n_fit} Wikipedia texts (length-matched; DSAS control: {z.n_fit}
-other Wikipedia texts). Evaluated on {z.n_prompts} held-out toxic prompts × {z.samples}
+Fit on {z.n_fit} + {z.n_fit} texts of the `{spec.fit_set}` toxicity fit sets (`steerinterp
+sets`; DSAS control: {z.n_fit} Wikipedia texts). Evaluated on {z.n_prompts} held-out toxic prompts × {z.samples}
 samples × {z.new_tokens} new tokens (temperature 1.0, top-p 0.9, seeded per prompt so every
 condition shares its random numbers), scored by the {spec.scorer} classifier; perplexity of
 the first 64 tokens of {z.n_ppl} held-out Wikipedia texts. Strength: {budget}.
@@ -65,6 +103,12 @@ LinEAS: {z.lineas_steps} steps. ± are standard errors clustered by prompt; Δ s
 paired difference to the unsteered model on the same prompts and seeds.
 
 {report_table(frame)}
+
+Tox. cut = unsteered / steered mean Jigsaw score on the same prompts and seeds (z of the
+paired difference). "paper" = the method's number in its paper at the paper's setting (another
+model, the RoBERTa scorer): compare ratios and PPL costs, not absolute values.
+
+{sites_table(frame)}
 
 ![Pareto front](figures/pareto.png)
 

@@ -23,9 +23,9 @@ GUESS (our reconstruction; each choice is a config option or documented where ma
 * ``gate="relu"`` is ``clamp(u·z + c, 0, 1)``;
 * the gate reads the site's *incoming* activation, i.e. shaped by steering at earlier sites,
   as inference sees it (also what :meth:`Dsas.scales` reports);
-* E2E: control term ``μ·Σ_ℓ mean_texts ‖ξ_ℓ(C) − η_ℓ(C)‖²`` added to LinEAS's W2 loss, one
-  learning rate for maps and gates, gates initialised from the probe, only active sites' gates
-  trained;
+* E2E: control term ``μ·‖ξ_ℓ(C) − η_ℓ(C)‖²`` (reduced like the W2 loss) added to LinEAS's,
+  one optimiser and lr for maps and gates (LinEAS's reference recipe, see ``dsas_e2e``), gates
+  initialised from the probe, only active sites' gates trained;
 * ``target_as_control=True`` lets two-set callers use the target set as control (not in the
   paper, which has a separate neutral control set).
 """
@@ -46,14 +46,15 @@ from sklearn.decomposition import PCA
 from sklearn.linear_model import LogisticRegression
 from transformer_lens import HookedTransformer
 
-from ..collection import collect, validate_lengths, validate_texts
+from ..collection import validate_lengths, validate_texts
 from ..sites import Site, to_units
 from ..store import ActivationStore
 from ..tokens import pad_left, token_ids
-from ..train import TrainSettings, pooled_forward, train
+from ..train import recipe_problem
 from . import lineas as _lineas  # noqa: F401  (registers "lineas" for make())
 from .apply import steered
 from .base import REGISTRY, SteerConfig, Steerer, SteerError, make, register
+from .dsas_e2e import train_e2e
 
 GATES = ("sigmoid", "relu")
 
@@ -72,8 +73,10 @@ class DsasConfig(SteerConfig):
     e2e: bool = False  # E2E-DSAS: train gates jointly with LinEAS maps
     mu: float = 1.0  # E2E: weight of the control term
     steps: int = 1000  # E2E: training steps (LinEAS's low-data default)
-    lr: float = 0.1  # E2E: learning rate (cosine-decayed), shared by gates and maps
-    minibatch: int = 32  # E2E: texts per step and per set
+    lr: float | None = None  # E2E: shared by gates and maps; None: 1e-3 adam, 0.1 sgd
+    minibatch: int | None = None  # E2E: source/control texts per step; None: min(20, n)
+    optimizer: str = "adam"  # E2E: "adam" (LinEAS reference) or "sgd"
+    loss: str = "mean"  # E2E: LinEAS's W2 reduction ("mean", "normalize", "sum")
 
     def __post_init__(self) -> None:
         if self.gate not in GATES:
@@ -84,8 +87,10 @@ class DsasConfig(SteerConfig):
             raise SteerError("dsas needs threshold in [0, 1] and val_fraction in (0, 1)")
         if self.n_components < 1 or not self.C > 0 or self.mu < 0:
             raise SteerError("dsas needs n_components >= 1, C > 0 and mu >= 0")
-        if self.steps < 1 or not self.lr > 0 or self.minibatch < 2:
-            raise SteerError("dsas needs steps >= 1, lr > 0 and minibatch >= 2")
+        problem = recipe_problem(self.steps, self.lr, self.optimizer, 1e-3, self.loss, "full",
+                                 self.minibatch)
+        if problem:
+            raise SteerError(f"dsas {problem}")
         if self.e2e and self.pool not in (None, "mean"):
             raise SteerError("e2e dsas compares mean-pooled activations; leave pool unset")
 
@@ -207,7 +212,7 @@ class Dsas(Steerer):
         n_target = _count(target) if target is not None else 0
         self.record_provenance(model, sites, src.n, n_target, t0)
         if self.config.e2e:
-            self._train_e2e(model, source, target, control, sites)
+            self.loss_curve = train_e2e(self, model, source, target, control, sites)
             self.record_provenance(model, sites, src.n, n_target, t0)
         self.provenance["n_control"] = ctl.n
         return self
@@ -236,7 +241,7 @@ class Dsas(Steerer):
                 self.base = make(cfg.base_method, **opts).fit(model, source, target)
                 return
             self.base = make("lineas", steps=cfg.steps, lr=cfg.lr, minibatch=cfg.minibatch,
-                             seed=cfg.seed, **opts)
+                             seed=cfg.seed, optimizer=cfg.optimizer, loss=cfg.loss, **opts)
             sites = self.base.resolve_sites(model)
             for site in sites:
                 self.base.set_tensor(site, "omega", torch.ones(site.width(model)))
@@ -259,49 +264,6 @@ class Dsas(Steerer):
         for key, p in self.base.tensors.items():
             prefix, name = key.rsplit("__", 1)
             self.tensors[f"{prefix}__base_{name}"] = p
-
-    # -- E2E-DSAS ------------------------------------------------------------------------------
-    def _train_e2e(self, model: HookedTransformer, source, target, control,
-                   sites: list[Site]) -> None:
-        """Gates (from the probe fit) and LinEAS maps trained jointly: LinEAS's W2 loss plus
-        ``μ·Σ_ℓ mean_texts ‖ξ_ℓ(C) − η_ℓ(C)‖²`` [GUESS], ξ steered, η untouched (precomputed).
-        Only active sites' gates train; inactive sites stay off. LinEAS's prox (its ``gamma``)
-        applies to the maps."""
-        cfg = self.config
-        if target is None or any(isinstance(d, ActivationStore) for d in (source, control)):
-            raise SteerError("e2e dsas needs source and control texts (they run through the "
-                             "steered model) and a target set")
-        ids, ctl_ids = (self._ids(model, d) for d in (source, control))
-        tgt = self.as_store(model, target, sites, "target")
-        eta = collect(model, validate_texts(control), sites, pool="mean",
-                      max_tokens=cfg.max_tokens, batch_size=cfg.batch_size, progress=False)
-        eta = {s: eta[s].to(model.cfg.device) for s in sites}
-        gen = torch.Generator().manual_seed(cfg.seed + 1)
-        n_c = min(cfg.minibatch, len(ctl_ids))
-
-        def control_term() -> dict[str, torch.Tensor]:
-            idx = torch.randperm(len(ctl_ids), generator=gen)[:n_c]
-            xi = pooled_forward(model, [ctl_ids[i] for i in idx.tolist()], sites)
-            err = sum(((xi[s] - eta[s][idx.to(eta[s].device)]) ** 2).sum(-1).mean()
-                      for s in sites)
-            return {"control": cfg.mu * err}
-
-        self.to(model.cfg.device)
-        params = [self.base.tensor(s, n) for s in sites for n in ("omega", "bias")]
-        params += [self.tensor(s, n) for s in sites if self.probe[str(s)]["active"]
-                   for n in ("u", "c")]
-        for p in params:
-            p.requires_grad_(True)
-        settings = TrainSettings(steps=cfg.steps, lr=cfg.lr, batch_size=cfg.minibatch,
-                                 seed=cfg.seed)
-        try:
-            with steered(model, self, strength=1.0):
-                self.loss_curve = train(model, params, ids, tgt, sites, settings,
-                                        prox=getattr(self.base, "_prox", None),
-                                        extra_loss=control_term, desc="dsas-e2e")
-        finally:
-            for p in params:
-                p.requires_grad_(False)
 
     def _ids(self, model: HookedTransformer, texts) -> list[list[int]]:
         texts = validate_texts(texts)

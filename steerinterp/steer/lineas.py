@@ -1,22 +1,34 @@
 """LinEAS: Linear End-to-end Activation Steering (Rodriguez et al., NeurIPS'25; METHODS.md §5).
 
 One per-unit affine map ``T_ℓ(z) = ω_ℓ ⊙ z + b_ℓ`` per site (identity at init), trained
-*jointly* so each map knows its downstream effect: the loss sums, over sites and units, the
-squared 1-D Wasserstein distance between mean-pooled source activations produced by the steered
-model and target activations of the untouched model (precomputed once). Optimised by proximal
-SGD (cosine-decayed lr) with a sparse-group-lasso on the deviation from identity,
-``γ·Σ_ℓ [λ1(‖ω−1‖₁ + ‖b‖₁) + λG·√d_ℓ(‖ω−1‖₂ + ‖b‖₂)]``; γ > 0 switches whole sites off.
+*jointly* so each map knows its downstream effect: the loss compares, per site and unit, the
+mean-pooled source activations produced by the steered model with target activations of the
+untouched model (precomputed once) by the squared 1-D Wasserstein distance of sorted samples.
+An optional sparse-group-lasso on the deviation from identity,
+``γ·Σ_ℓ [λ1(‖ω−1‖₁ + ‖b‖₁) + λG·√d_ℓ(‖ω−1‖₂ + ‖b‖₂)]``, is applied by a proximal step after
+each optimiser step; γ > 0 switches single units and whole sites off.
 
-Choices the paper leaves open (METHODS.md §11.4), all our reading: mean pooling; identity init;
-thresholds scaled by the current step size (standard proximal SGD); √d_ℓ group weight. Beyond
-the paper: by default (``normalize=True``) each unit's W2² is weighted by 1 / (d·max(E[η²], 1))
-(η: target activations, d: site width), a per-site mean with bounded curvature — the paper's plain sum (``normalize=False``)
-diverges at lr 0.1 on gemma-3-270m, whose post-norm activations range from ~0.5 to ~110 in
-magnitude across layers. Inference: ``z + λ(ω z + b − z)``, λ ∈ [0, 1].
+Training follows the reference code (METHODS.md §5.7; :mod:`steerinterp.train`): Adam (betas
+0.9, 0.9), lr 1e-3, cosine to lr·1e-3, 1000 steps, source batches of 20, every target sample
+each step, per site the mean over units and the sites averaged; the prox after each optimiser
+step uses the scheduler's lr as step size, and support counts |Δ| > 1e-5. Thresholds: L1 at
+lr·γ·λ1, then the group shrink at lr·γ·λG·√d with ω and b separate groups (these two details
+from METHODS.md §5.7; the reference's proximal.py was not readable).
+Deliberate differences: unequal source/target counts are matched by Hazen quantiles (the
+reference's loss file was not readable), so a target smaller than the batch is allowed (the
+reference refuses it) and only < 2 target samples are an error; the default batch is clipped
+to a source set smaller than 20 (an explicit larger one is an error); γ·λ replaces the
+reference's separate weight/bias λs. Inference: ``z + λ(ω z + b − z)``, λ ∈ [0, 1].
+
+Sparsity under Adam: Adam moves every coordinate by ~lr whatever its gradient's size, so the
+prox at τ = lr hardly depends on the data; with λ1 = λG = 1 every site is zeroed once γ ≥ 0.5
+(first step: L1 leaves lr(1 − γ) per unit, the group threshold is lr·γ·√d). γ paths tuned for
+SGD (thresholds ∝ gradient scale) do not carry over; use ``optimizer="sgd"`` for them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass
@@ -25,40 +37,60 @@ import pandas as pd
 import torch
 from transformer_lens import HookedTransformer
 
-from ..collection import validate_lengths, validate_texts
+from ..collection import collect, validate_lengths, validate_texts
 from ..sites import Site
 from ..store import ActivationStore
 from ..tokens import token_ids
-from ..train import TrainSettings, group_soft_threshold, soft_threshold, train
+from ..train import (DEFAULT_LR, TrainSettings, group_soft_threshold, plateau, recipe_problem,
+                     resolve_batch, soft_threshold, train, w2_matched)
 from .affine import AffineSteerer
 from .apply import steered
 from .base import SteerConfig, SteerError, register
 
+SUPPORT_THRESHOLD = 1e-5  # reference lineas.yaml: sparsity_threshold
+
 
 @dataclass(frozen=True)
 class LineasConfig(SteerConfig):
-    steps: int = 1000  # paper: 1K steps in the low-data regime (N = 32)
-    lr: float = 0.1
+    steps: int = 1000  # paper and reference: 1K steps in the low-data regime (N = 32)
+    lr: float | None = None  # None: 1e-3 with adam (reference), 0.1 with sgd (paper §3.3)
+    optimizer: str = "adam"  # "adam": betas (0.9, 0.9), no weight decay; "sgd": plain SGD
+    lr_floor: float = 1e-3  # cosine decay to lr·lr_floor (reference); 0: to zero
+    loss: str = "mean"  # "mean" (reference), "normalize" (1/(d·E[η²]) weights), "sum" (paper)
+    target_batch: str = "full"  # "full": all target samples each step; "minibatch": as many
+    minibatch: int | None = None  # source texts per step (>= 4); None: min(20, n_source)
     gamma: float = 0.0  # sparsity knob; the toxicity tables use 0
     lambda1: float = 1.0
     lambda_group: float = 1.0
-    minibatch: int = 32  # source and target samples per step (equal: W2 pairs them)
     seed: int = 0
-    normalize: bool = True  # unit terms ÷ (d·max(E[target²], 1)): lr 0.1 stays stable
+    normalize: bool | None = None  # deprecated: only configs saved before the reference recipe
 
     def __post_init__(self) -> None:
-        if self.steps < 1 or self.lr <= 0 or self.minibatch < 2:
-            raise SteerError("lineas needs steps >= 1, lr > 0 and minibatch >= 2")
+        if self.normalize is not None:  # an old save: record the recipe it was trained with
+            legacy = dict(optimizer="sgd", lr_floor=0.0, target_batch="minibatch",
+                          loss="normalize" if self.normalize else "sum", normalize=None)
+            for key, value in legacy.items():
+                object.__setattr__(self, key, value)
+        problem = recipe_problem(self.steps, self.lr, self.optimizer, self.lr_floor, self.loss,
+                                 self.target_batch, self.minibatch)
+        if problem:
+            raise SteerError(f"lineas {problem}")
         if min(self.gamma, self.lambda1, self.lambda_group) < 0:
             raise SteerError("lineas gamma, lambda1 and lambda_group must be >= 0")
+
+    def train_settings(self) -> TrainSettings:
+        """These options as the loop's settings (lr resolved per optimiser)."""
+        return TrainSettings(steps=self.steps, lr=self.lr or DEFAULT_LR[self.optimizer],
+                             batch_size=self.minibatch, seed=self.seed, optimizer=self.optimizer,
+                             lr_floor=self.lr_floor, loss=self.loss, target=self.target_batch)
 
 
 @register
 class Lineas(AffineSteerer):
     """LinEAS maps at every site, trained end to end. ``fit(model, source_texts, target)``:
     the source must be texts (they run through the steered model with gradients); the target
-    may be texts or a mean-pooled store. Unequal sizes are fine: each step draws
-    ``min(minibatch, n_source, n_target)`` of each."""
+    may be texts or a mean-pooled store. Each step compares a source batch of ``minibatch``
+    texts with every target sample (``target_batch="full"``), so the sizes may differ."""
 
     method = "lineas"
     Config = LineasConfig
@@ -75,46 +107,54 @@ class Lineas(AffineSteerer):
         ids = token_ids(model, texts, self.config.max_tokens)
         validate_lengths(ids, texts, True, self.config.max_tokens)
         tgt = self.as_store(model, target, sites, "target")
+        settings = self.config.train_settings()
+        try:
+            batch = resolve_batch(settings.batch_size, len(ids), tgt.n, settings.target)
+        except ValueError as err:
+            raise SteerError(f"lineas {err}") from None
+        settings = dataclasses.replace(settings, batch_size=batch)
         for site in sites:
             width = site.width(model)
             self.set_tensor(site, "omega", torch.ones(width), trainable=True)
             self.set_tensor(site, "bias", torch.zeros(width), trainable=True)
         self.record_provenance(model, sites, len(texts), tgt.n, t0)  # steered() needs it
         self.to(model.cfg.device)
-        settings = TrainSettings(steps=self.config.steps, lr=self.config.lr,
-                                 batch_size=self.config.minibatch, seed=self.config.seed,
-                                 normalize=self.config.normalize)
         with steered(model, self, strength=1.0):
             self.loss_curve = train(model, list(self.tensors.values()), ids, tgt, sites,
                                     settings, prox=self._prox, desc="lineas")
         for p in self.tensors.values():
             p.requires_grad_(False)
         self.record_provenance(model, sites, len(texts), tgt.n, t0)
+        self.provenance["train"] = dataclasses.asdict(settings)  # resolved lr and batch
         return self
 
-    def _prox(self, step_size: float) -> None:
-        """Sparse-group-lasso proximal step on ω − 1 and b, per site (LinEAS Alg. 1)."""
+    def _prox(self, lr: float) -> None:
+        """Sparse-group-lasso proximal step on ω − 1 and b, per site (LinEAS Alg. 1): L1
+        soft-threshold at lr·γ·λ1, then the group shrink at lr·γ·λG·√d, ω and b being separate
+        groups; ``lr`` is the scheduler's current lr, as in the reference."""
         g = self.config.gamma
         if g == 0:
             return
         for site in self.sites:
             width = self.provenance["widths"][str(site)]
-            t_group = step_size * g * self.config.lambda_group * math.sqrt(width)
+            t_group = lr * g * self.config.lambda_group * math.sqrt(width)
             for name, centre in (("omega", 1.0), ("bias", 0.0)):
                 p = self.tensor(site, name)
-                v = soft_threshold(p - centre, step_size * g * self.config.lambda1)
+                v = soft_threshold(p - centre, lr * g * self.config.lambda1)
                 p.copy_(group_soft_threshold(v, t_group) + centre)
 
     # -- read-outs ---------------------------------------------------------------------------
-    def support(self) -> pd.DataFrame:
-        """Per site: ``support`` (share of units with ω ≠ 1 or b ≠ 0), ``omega_norm``
-        (‖ω − 1‖₂), ``bias_norm`` (‖b‖₂) and ``group_norm`` (their sum)."""
+    def support(self, threshold: float = SUPPORT_THRESHOLD) -> pd.DataFrame:
+        """Per site: ``support`` (share of units with |ω − 1| or |b| above ``threshold``, the
+        reference's 1e-5), ``omega_norm`` (‖ω − 1‖₂), ``bias_norm`` (‖b‖₂) and ``group_norm``
+        (their sum)."""
         rows = []
         for site in self.sites:
             dw = self.tensor(site, "omega").detach() - 1.0
             b = self.tensor(site, "bias").detach()
+            on = (dw.abs() > threshold) | (b.abs() > threshold)
             rows.append({"site": str(site), "layer": site.layer, "point": site.point,
-                         "support": ((dw != 0) | (b != 0)).float().mean().item(),
+                         "support": on.float().mean().item(),
                          "omega_norm": dw.norm().item(), "bias_norm": b.norm().item(),
                          "group_norm": (dw.norm() + b.norm()).item()})
         return pd.DataFrame(rows)
@@ -122,6 +162,33 @@ class Lineas(AffineSteerer):
     def loss_frame(self) -> pd.DataFrame:
         """The training curve (``step``, ``lr``, ``loss``, ``w2``)."""
         return pd.DataFrame(getattr(self, "loss_curve", []))
+
+    def plateau(self) -> dict:
+        """Whether the loss levelled off: :func:`steerinterp.train.plateau` on the curve."""
+        return plateau(getattr(self, "loss_curve", []))
+
+    def heldout_w2(self, model: HookedTransformer, source, target) -> pd.DataFrame:
+        """The per-site loss on held-out data: per site, the mean over units of the squared W2
+        (quantile-matched, as in training) between mean-pooled ``source`` texts and the
+        untouched model's ``target`` (texts or a store): ``w2_unsteered``, ``w2_steered``
+        (this map at its strength) and ``ratio`` (steered / unsteered; < 1: moved closer)."""
+        self.check_model(model)
+        sites = self.sites
+        tgt = self.as_store(model, target, sites, "target")
+        opts = dict(pool="mean", max_tokens=self.config.max_tokens,
+                    batch_size=self.config.batch_size, progress=False)
+        texts = validate_texts(source)
+        before = collect(model, texts, sites, **opts)
+        with torch.no_grad(), steered(model, self):
+            after = collect(model, texts, sites, **opts)
+        rows = []
+        for s in sites:
+            w0 = w2_matched(before[s].float(), tgt[s].float()).mean().item()
+            w1 = w2_matched(after[s].float(), tgt[s].float()).mean().item()
+            rows.append({"site": str(s), "layer": s.layer, "point": s.point,
+                         "w2_unsteered": w0, "w2_steered": w1,
+                         "ratio": w1 / w0 if w0 > 0 else float("nan")})
+        return pd.DataFrame(rows)
 
     def extra_state(self) -> dict:
         return {"loss_curve": getattr(self, "loss_curve", [])}
