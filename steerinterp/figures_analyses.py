@@ -44,13 +44,22 @@ def _draw_auroc(frames):
 analysis("auroc")((_auroc, _draw_auroc))
 
 
+# The recipe the committed sparsity figures were drawn with (SGD lr 0.1, cosine to 0,
+# standardised W2 against target minibatches of 32).
+LEGACY_LINEAS = {"optimizer": "sgd", "lr_floor": 0.0, "loss": "normalize",
+                 "target_batch": "minibatch"}
+
+
 def _lineas_path(ctx: Context) -> list[Lineas]:
     """One LinEAS per γ of the size, fitted once and cached (sparsity and aura_lineas)."""
     from .analysis import fit_lineas_path
 
     toxic, wiki = ctx.texts()
     return fit_lineas_path(ctx.model, toxic, wiki, list(ctx.z.gammas),
-                           base_config={"steps": ctx.z.lineas_steps},
+                           # The committed γ path was drawn with the earlier SGD recipe; under
+                           # Adam (the default now) the useful γ range moves (issue 12, item 4).
+                           base_config={"steps": ctx.z.lineas_steps, **LEGACY_LINEAS,
+                                        "minibatch": min(32, ctx.z.n_texts)},
                            cache_dir=ctx.cache / "lineas_path", progress=False)
 
 
