@@ -34,7 +34,12 @@ def _check_strength(steerers, strength: float | None) -> None:
 def fit(
     method: str = typer.Argument(..., help="Method name: aura, det0, damp, actadd, mean_shift, "
                                            "iti, linear_act, lineas, dsas."),
-    source: str = typer.Option(..., help=f"Texts with the behaviour to remove: {SRC}."),
+    source: str = typer.Option(None, help=f"Texts with the behaviour to remove: {SRC}. "
+                                          "Without --source and --target: the toxicity fit "
+                                          "sets of --fit-set."),
+    fit_set: str = typer.Option("continuations", help="Toxicity fit-set kind used when no "
+                                                      "--source/--target is given (see "
+                                                      "`steerinterp sets`)."),
     target: str = typer.Option(None, help=f"Texts with the behaviour wanted: {SRC}."),
     control: str = typer.Option(None, help=f"DSAS only: neutral texts the gates should leave "
                                            f"alone: {SRC}."),
@@ -62,9 +67,17 @@ def fit(
         opts["sites"] = sites
     if base is not None:
         opts["base"] = load_steerer(base, m)
-    src = load_texts(source, n=n, seed=seed)
-    tgt = load_texts(target, n=n, seed=seed) if target else None
-    if tgt is not None and match_lengths:
+    if source is None and target is not None:
+        raise typer.BadParameter("--target needs --source (or give neither for the toxicity "
+                                 "fit sets)")
+    if source is None:
+        from .fitsets import toxicity_fit_sets
+
+        src, tgt = toxicity_fit_sets(m, n=n or 64, kind=fit_set, seed=seed, log=_log_line)
+    else:
+        src = load_texts(source, n=n, seed=seed)
+        tgt = load_texts(target, n=n, seed=seed) if target else None
+    if source is not None and tgt is not None and match_lengths:
         src, tgt = length_match(m, src, tgt)
     steerer = make(method, **opts)
     if method == "dsas":
@@ -96,6 +109,10 @@ def _print_fit(steerer, method: str, model_name: str, out: Path) -> None:
                         f"last {flat['share']:.0%} of the lr budget; plateau: within "
                         f"±{flat['tol']:.0%}). Consider more steps or a higher lr "
                         "(-O steps=..., -O lr=...).[/yellow]")
+
+
+def _log_line(msg: str) -> None:
+    console().print(msg, markup=False, highlight=False)
 
 
 def _options(items: list[str] | None) -> dict:

@@ -149,3 +149,19 @@ def test_console_entry_prints_one_line_errors():
     assert proc.returncode == 2
     assert "error:" in proc.stdout and "unknown size 'huge'" in proc.stdout
     assert "Traceback" not in proc.stdout + proc.stderr
+
+
+def test_fit_without_texts_uses_the_toxicity_fit_sets(tmp_path):
+    out = tmp_path / "shift"
+    result = invoke("fit", "mean_shift", "--model", "tiny-gpt2", "--fit-set", "wiki", "--n", 6,
+                    "--out", out)
+    assert result.exit_code == 0, result.output
+    from steerinterp.steer import load_steerer
+    assert load_steerer(out).provenance["n_source"] == 6
+
+
+def test_fit_target_without_source_is_refused(tmp_path):
+    result = invoke("fit", "mean_shift", "--model", "tiny-gpt2", "--target",
+                    "builtin:wiki_target", "--out", tmp_path / "x")
+    assert result.exit_code != 0
+    assert "--target needs --source" in result.output
