@@ -41,7 +41,7 @@ from transformer_lens import HookedTransformer
 
 from .assets import cache_dir
 from .data import length_match, load_texts
-from .io import CorruptFileError, fingerprint, read_csv, read_json, write_csv, write_json
+from .io import CorruptFileError, fingerprint, read_csv, write_csv, write_json
 
 N_FIT_PROMPTS = 400  # canonical toxic[:400] → fit sets; toxic[400:] → calibration prompts
 KINDS = ("continuations", "paired", "mixed", "wiki")
@@ -252,9 +252,3 @@ _KIND_DESCRIPTIONS = {
     "wiki": "toxic prompts vs length-matched Wikipedia passages (the earlier default)",
 }
 
-
-def load_pool_meta(model: HookedTransformer,
-                   settings: ContinuationSettings = ContinuationSettings()) -> dict | None:
-    """The cached pool's record, or None when it has not been sampled yet."""
-    path = pool_folder(model, settings) / "pool.json"
-    return read_json(path, "fit-set pool") if path.exists() else None

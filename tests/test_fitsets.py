@@ -131,3 +131,18 @@ def test_a_packaged_pool_is_used_without_sampling(tiny_gpt2, fake, monkeypatch, 
     again = continuation_pool(tiny_gpt2, SMALL, progress=False)
     assert fake.calls == calls
     assert again["text"].tolist() == pool["text"].tolist()
+
+
+def test_compare_fit_sets_calibrates_evaluates_and_resumes(tiny_gpt2, tmp_path):
+    """The comparison driver on the tiny model: one row per (kind, method), λ within the
+    method's range, the PPL cost at λ = 1, and a second call reads everything back."""
+    from steerinterp.evaluate.fitset_choice import compare_fit_sets
+
+    kw = dict(kinds=("wiki",), methods=("mean_shift",), n=4, n_prompts=2, n_ppl=4,
+              folder=tmp_path, progress=False, log=lambda m: None)
+    frame = compare_fit_sets(tiny_gpt2, **kw)
+    assert list(frame["kind"]) == ["wiki"] and list(frame["method"]) == ["mean_shift"]
+    assert 0 <= frame["strength"].iloc[0] <= 1 and frame["ppl_at_1"].iloc[0] > 0
+    assert (tmp_path / "fitsets.csv").exists()
+    again = compare_fit_sets(tiny_gpt2, **kw)
+    assert again["mean_score"].tolist() == frame["mean_score"].tolist()

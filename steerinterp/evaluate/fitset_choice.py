@@ -25,10 +25,10 @@ from transformer_lens import HookedTransformer
 
 from ..data import load_texts
 from ..fitsets import KINDS, calibration_prompts, toxicity_fit_sets
-from ..io import read_json, write_csv, write_json
+from ..io import fingerprint, read_json, write_csv, write_json
 from ..steer import SteerError, load_steerer, make
 from .generation import GenerationSettings
-from .harness import BASELINE, EvalSettings, compare, evaluate
+from .harness import BASELINE, EvalSettings, compare, evaluate, steerer_fingerprint
 from .perplexity import perplexity
 from .sweep import calibrate
 
@@ -91,9 +91,6 @@ def _fit_or_load(model, method: str, source, target, path: Path):
 
 
 def _calibrated(model, steerer, ppl_texts, budget, base_ppl, path: Path) -> dict:
-    from .harness import steerer_fingerprint
-    from ..io import fingerprint
-
     key = fingerprint({"steer": steerer_fingerprint((steerer,), None), "budget": budget,
                        "texts": fingerprint(ppl_texts)})
     meta = path / "calibration.json"
