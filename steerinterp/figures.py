@@ -16,6 +16,7 @@ import pandas as pd
 from transformer_lens import HookedTransformer
 
 from .data import load_texts
+from .evaluate.fronts import FrontSize
 from .fitsets import toxicity_fit_sets
 from .io import CorruptFileError, ensure_writable_dir, fingerprint, read_csv, read_json, write_csv
 from .io import write_json
@@ -31,11 +32,14 @@ class FigureSize:
     n_attr: int  # held-out toxic texts for attribution
     top_k_units: int
     fit_set: str = "continuations"  # fitsets.KINDS; tiny random models have no toxic samples
+    fronts: FrontSize = FrontSize()  # the λ sweeps of ``--only fronts``
 
 
 SIZES = {
     "quick": FigureSize(n_texts=12, lineas_steps=3, gammas=(0.0, 0.5, 5.0), sae="quick",
-                        n_attr=6, top_k_units=20, fit_set="wiki"),
+                        n_attr=6, top_k_units=20, fit_set="wiki",
+                        fronts=FrontSize(n_prompts=3, new_tokens=3, n_ppl=3, utility_n=2,
+                                         points=2, utility_tasks=("siqa",))),
     # ~45 min on 2 CPU cores for gemma-3-270m. The γ path spans the useful range there: at
     # γ >= 0.1 the group lasso removes every site within 40 steps.
     "default": FigureSize(n_texts=64, lineas_steps=40, gammas=(0.0, 1e-3, 3e-3, 1e-2, 3e-2),

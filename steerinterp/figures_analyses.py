@@ -220,12 +220,14 @@ DIAGNOSIS_METHODS = ("mean_shift", "linear_act")
 
 def _diagnosis(ctx: Context) -> dict[str, pd.DataFrame]:
     from .analysis import diagnose
-    from .data import length_match
+    from .evaluate.fitset_choice import calibration_ppl_texts
+    from .fitsets import toxicity_fit_sets
 
-    ppl = ctx.held_out("wiki_ppl", ctx.z.n_attr)
-    # Held-out pair, length-matched like the fit sets (pooled statistics depend on length).
-    source, target = length_match(ctx.model, ctx.held_out("toxic", ctx.z.n_texts),
-                                  ctx.held_out("wiki_target", ctx.z.n_texts))
+    # PPL on the calibration end of wiki_ppl (choosing sites is calibration, not evaluation);
+    # W2 on the next texts of the fit sets' own shuffle (same kind, disjoint from the fit).
+    ppl = calibration_ppl_texts(2 * ctx.z.n_attr)
+    source, target = toxicity_fit_sets(ctx.model, n=ctx.z.n_texts, kind=ctx.z.fit_set,
+                                       seed=ctx.seed, held_out=True, log=ctx.log)
     return {f"diagnosis_{m}": diagnose(ctx.model, ctx.steerer(m), ppl, source, target,
                                        strength=1.0, progress=False)
             for m in DIAGNOSIS_METHODS}
@@ -238,5 +240,34 @@ def _draw_diagnosis(frames):
 
 
 analysis("diagnosis")((_diagnosis, _draw_diagnosis))
+
+
+def _fronts(ctx: Context) -> dict[str, pd.DataFrame]:
+    from .data import load_texts
+    from .evaluate.fronts import FRONT_METHODS, front_steerers, fronts
+    from .evaluate.job import eval_prompts
+
+    z = ctx.z.fronts
+    source, _ = ctx.texts()
+    steerers = front_steerers(ctx.model, {m: ctx.steerer(m) for m in FRONT_METHODS}, source,
+                              load_control(ctx))
+    # The main job's evaluation split: held-out prompts, the head of wiki_ppl.
+    prompts = eval_prompts(ctx.model, z.n_prompts, ctx.seed,
+                           min(64, ctx.model.cfg.n_ctx - z.new_tokens), "the fronts")
+    frame = fronts(ctx.model, steerers, prompts, load_texts("wiki_ppl")[:z.n_ppl], z,
+                   seed=ctx.seed, cache_dir=ctx.cache / "fronts")
+    frame.attrs["title"] = (f"{ctx.model.cfg.model_name}: λ sweeps, {z.n_prompts} held-out "
+                            f"prompts × {z.samples}, PPL on {z.n_ppl} texts")
+    return {"fronts": frame}
+
+
+def _draw_fronts(frames):
+    from .plots import plot_fronts
+
+    frame = frames["fronts"]
+    return {"fronts": (plot_fronts(frame, title=frame.attrs.get("title")), frame)}
+
+
+analysis("fronts")((_fronts, _draw_fronts))
 
 __all__ = ["EXAMPLES", "parse_sites"]

@@ -87,7 +87,9 @@ def test_fit_gate_caps_components_and_scores_noise_low():
 @pytest.mark.parametrize("name", sorted(BASES))
 def test_gate_one_equals_base_and_gate_zero_is_identity(model, bases, name):
     dsas = make("dsas", base=bases[name], threshold=0.0).fit(model, SOURCE, control=CONTROL)
-    assert dsas.sites == bases[name].sites and dsas.strength_range == bases[name].strength_range
+    assert dsas.sites == bases[name].sites
+    rng = bases[name].strength_range  # bounded bases: stretched by the gate headroom
+    assert dsas.strength_range == (None if rng is None else (rng[0], rng[1] * dsas.HEADROOM))
     assert (_logits(model, dsas) - _logits(model)).abs().max() > 1e-4
     torch.testing.assert_close(_logits(model, _force(dsas, True)), _logits(model, bases[name]),
                                atol=1e-5, rtol=1e-5)
@@ -194,7 +196,7 @@ def test_errors(model, bases):
     with pytest.raises(SteerError, match="must be a fitted Steerer"):
         make("dsas", base="mean_shift")
     with pytest.raises(SteerError, match="outside dsas's range"):
-        make("dsas", base=ms, strength=2.0)
+        make("dsas", base=ms, strength=2.5)
     with pytest.raises(SteerError, match="do not pass sites="):
         make("dsas", base=ms, sites="L0.mlp_out").fit(model, SOURCE, control=CONTROL)
     with pytest.raises(SteerError, match="e2e trains lineas"):

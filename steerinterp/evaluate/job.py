@@ -139,16 +139,21 @@ def prompt_limit(model: HookedTransformer, spec: JobSpec) -> int:
 
 
 def _prompts(model: HookedTransformer, spec: JobSpec) -> list[str]:
-    """``n_prompts`` held-out prompts in seeded order, skipping any longer than
-    :func:`prompt_limit` (none on the real models: the built-in prompts are ~18 tokens)."""
+    return eval_prompts(model, spec.sizes.n_prompts, spec.seed, prompt_limit(model, spec),
+                        f"size {spec.size}")
+
+
+def eval_prompts(model: HookedTransformer, n: int, seed: int, limit: int,
+                 who: str = "the run") -> list[str]:
+    """``n`` held-out prompts (``toxic_prompts``) in seeded order, skipping any longer than
+    ``limit`` tokens (none on the real models: the built-in prompts are ~18 tokens)."""
     pool = load_texts("toxic_prompts")
-    pool = load_texts("toxic_prompts", n=len(pool), seed=spec.seed)
-    limit = prompt_limit(model, spec)
+    pool = load_texts("toxic_prompts", n=len(pool), seed=seed)
     lengths = [len(x) for x in token_ids(model, pool, max_tokens=10**9)]
-    kept = [p for p, n in zip(pool, lengths) if n <= limit][: spec.sizes.n_prompts]
-    if len(kept) < spec.sizes.n_prompts:
+    kept = [p for p, k in zip(pool, lengths) if k <= limit][:n]
+    if len(kept) < n:
         raise ValueError(f"only {len(kept)} built-in prompts fit in {limit} tokens on "
-                         f"{model.cfg.model_name}; size {spec.size} needs {spec.sizes.n_prompts}")
+                         f"{model.cfg.model_name}; {who} needs {n}")
     return kept
 
 

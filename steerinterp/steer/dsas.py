@@ -6,7 +6,8 @@ A combinator: it wraps any fitted steerer ``base`` with a per-token, per-site ga
 
 so steering acts where a token looks like the source concept and leaves control text alone.
 ``base(z)`` is the base at strength 1, so for the affine methods ``z'`` is the base at strength
-``λ·s``; the strength range is the base's (``[0, 1]`` for maps, free for vector additions).
+``λ·s``; the strength range is the base's stretched by ``Dsas.HEADROOM`` (``[0, 2]`` for maps,
+free for vector additions).
 
 Supported by the sources (third-party summaries and OpenReview reviews only; neither the paper
 text nor code was available): a source-vs-**control** logistic probe per site on token-averaged
@@ -37,6 +38,7 @@ import math
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 import pandas as pd
@@ -175,13 +177,19 @@ class Dsas(Steerer):
         self.loss_curve: list[dict] = []
         self.check_strength(self.config.strength)  # now against the base's range
 
+    # Gates in [0, 1] scale λ down token by token, so a gated map at the base's top λ steers
+    # less than the base; the DSAS paper sweeps more λ for its gated curves. For bounded bases
+    # the range is stretched by HEADROOM: a token gated at 1/HEADROOM still gets the full map.
+    HEADROOM: ClassVar[float] = 2.0
+
     @property
     def strength_range(self) -> tuple[float, float] | None:
         base = self.__dict__.get("_modules", {}).get("base")
-        if base is not None:
-            return base.strength_range
-        rng = getattr(REGISTRY.get(self.config.base_method), "strength_range", None)
-        return None if isinstance(rng, property) else rng
+        rng = base.strength_range if base is not None else getattr(
+            REGISTRY.get(self.config.base_method), "strength_range", None)
+        if rng is None or isinstance(rng, property):
+            return None
+        return (rng[0], rng[1] * self.HEADROOM)
 
     # -- fitting -------------------------------------------------------------------------------
     def fit(self, model: HookedTransformer, source, target=None, control=None) -> Dsas:

@@ -1,0 +1,51 @@
+"""λ-sweep fronts (``evaluate.fronts``, ``figures --only fronts``) on the tiny model."""
+
+import pandas as pd
+import pytest
+
+import steerinterp.figures as figures
+from steerinterp.evaluate.fronts import FRONT_DSAS, FRONT_METHODS, strength_grid
+from steerinterp.models import load_model
+from steerinterp.plots import plot_fronts
+from steerinterp.steer import make
+
+TEXTS = ["the cat sat on the mat today", "a dog ran in the park at noon",
+         "rain fell on the old town", "she read a long book by the fire"]
+OTHER = ["stocks fell sharply in early trading", "the committee approved the budget",
+         "engineers tested the new bridge", "the festival drew large crowds"]
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_model("tiny-gpt2")
+
+
+def test_figures_quick_fronts(model, tmp_path):
+    paths = figures.make_figures(model, tmp_path / "figures", cache=tmp_path / "cache",
+                                 only=["fronts"], size="quick", log=lambda msg: None)
+    assert [p.stem for p in paths] == ["fronts"] and paths[0].stat().st_size > 2000
+    df = pd.read_csv(paths[0].with_suffix(".csv"))
+    points = figures.SIZES["quick"].fronts.points
+    expected = {*FRONT_METHODS, *(f"dsas+{m}" for m in FRONT_DSAS), "unsteered"}
+    assert set(df["method"]) == expected
+    assert len(df) == 1 + points * (len(expected) - 1)
+    # maps sweep up to λ = 1; their DSAS variants up to the stretched top (gates scale λ down)
+    tops = df.groupby("method")["strength"].max()
+    assert tops["linear_act"] == 1.0 and tops["dsas+linear_act"] == 2.0
+    assert df["diff_accuracy"].notna().sum() == len(df) - 1  # utility measured per condition
+    assert df.loc[df["method"] != "unsteered", "gated"].sum() == points * len(FRONT_DSAS)
+
+
+def test_strength_grid_and_its_errors(model):
+    ms = make("mean_shift").fit(model, TEXTS, list(reversed(TEXTS)))
+    assert strength_grid(ms, 4) == [0.25, 0.5, 0.75, 1.0]
+    dsas = make("dsas", base=ms).fit(model, TEXTS, control=OTHER)
+    assert strength_grid(dsas, 2) == [1.0, 2.0]
+    actadd = make("actadd").fit(model, TEXTS, list(reversed(TEXTS)))
+    with pytest.raises(ValueError, match="no bounded strength range"):
+        strength_grid(actadd, 4)
+
+
+def test_plot_fronts_names_a_bad_frame():
+    with pytest.raises(ValueError, match="plot_fronts needs a non-empty fronts frame"):
+        plot_fronts(pd.DataFrame({"method": ["a"], "strength": [1.0]}))
