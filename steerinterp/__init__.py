@@ -2,11 +2,12 @@
 
 Public API (re-exports only)::
 
-    from steerinterp import load_model, load_texts, collect, Site, make, steered, load_steerer
+    from steerinterp import load_model, load_texts, toxicity_fit_sets, make, steered, load_steerer
 """
 
 from .collection import collect
 from .data import length_match, load_texts
+from .fitsets import toxicity_fit_sets
 from .models import load_model, tiny_model
 from .sites import Site, default_sites, parse_sites
 from .steer import available, load_steerer, make, steered
@@ -14,5 +15,5 @@ from .store import ActivationStore
 
 __all__ = ["ActivationStore", "Site", "available", "collect", "default_sites", "length_match",
            "load_model", "load_steerer", "load_texts", "make", "parse_sites", "steered",
-           "tiny_model"]
+           "tiny_model", "toxicity_fit_sets"]
 __version__ = "0.1.0"

@@ -95,6 +95,10 @@ def run(
                                                        "results/run/<model>-<size>)."),
     fresh: bool = typer.Option(False, help="Start over instead of resuming a run in --out."),
     seed: int = typer.Option(0, help="Seed for the fit/eval draws and sampling."),
+    sampling: str = typer.Option("default", help="Generation protocol: default (temperature "
+                                                 "1, top-p 0.9, the size's tokens and samples)"
+                                                 " or act (AcT's: 32 tokens, top-p 0.3, "
+                                                 "repetition penalty 1.2, 1 sample)."),
     device: str = DEVICE,
 ) -> None:
     """The main job: fit every method on the built-in sets, evaluate each and the unsteered
@@ -105,7 +109,7 @@ def run(
 
     chosen = tuple(m.strip() for m in methods.split(",")) if methods else tuple(METHODS)
     spec = JobSpec(model=model, size=size, methods=chosen, seed=seed, fit_set=fit_set,
-                   ppl_budget=budget if budget and budget > 0 else None)
+                   ppl_budget=budget if budget and budget > 0 else None, sampling=sampling)
     out = out or Path("results/run") / f"{model.replace('/', '_')}-{size}"
     ensure_writable_dir(out)
     m = _load(model, device)
@@ -120,8 +124,8 @@ def figures(
     size: str = typer.Option("default", help="quick (tests, tiny models) | default (the "
                                              "committed figures)."),
     only: str = typer.Option(None, help="Comma-separated analyses: auroc, sparsity, "
-                                        "aura_lineas, token_scales, sae, attribution "
-                                        "(default: all)."),
+                                        "aura_lineas, token_scales, sae, attribution, "
+                                        "diagnosis, fronts (default: all)."),
     out: Path = typer.Option(Path("figures"), "--out", "-o", help="Figures folder."),
     cache: Path = typer.Option(None, help="Where analysis frames and fitted steerers are "
                                           "cached (default: results/figures/<model>-<size>)."),

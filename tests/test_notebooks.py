@@ -25,7 +25,8 @@ KERNEL = "python3"
 
 # Applied to every notebook whose parameters cell defines the name.
 SHARED = {"MODEL": "tiny-gpt2", "N": 8, "SEED": 0, "STEPS": 2, "N_PROMPTS": 2,
-          "MAX_PROMPT_TOKENS": 32, "MAX_NEW_TOKENS": 4, "SAMPLES": 1, "N_PPL": 4, "N_HELD": 4}
+          "MAX_PROMPT_TOKENS": 32, "MAX_NEW_TOKENS": 4, "SAMPLES": 1, "N_PPL": 4, "N_HELD": 4,
+          "FIT_SET": "wiki"}  # the random model's continuations are never toxic
 # Per notebook; every name here must exist in that notebook's parameters cell.
 SMALL = {
     "01_quickstart": {},

@@ -120,6 +120,20 @@ def test_bad_specs_name_the_problem():
         JobSpec("tiny-gpt2", fit_set="wiki", ppl_budget=20)
     with pytest.raises(ValueError, match="unknown fit set 'jigsaw'"):
         JobSpec("tiny-gpt2", fit_set="jigsaw")
+    with pytest.raises(ValueError, match="unknown sampling 'nucleus'; choose one of default"):
+        JobSpec("tiny-gpt2", fit_set="wiki", sampling="nucleus")
+
+
+def test_act_sampling_protocol_is_the_preset_whole(model, tmp_path):
+    spec = JobSpec("tiny-gpt2", fit_set="wiki", size="smoke", methods=("mean_shift",),
+                   ppl_budget=None, sampling="act")
+    g = job.generation_settings(model, spec)
+    assert (g.max_new_tokens, g.top_p, g.repetition_penalty, g.samples) == (32, 0.3, 1.2, 1)
+    default = job.generation_settings(model, JobSpec("tiny-gpt2", fit_set="wiki", size="smoke"))
+    assert (default.max_new_tokens, default.samples) == (6, 1)  # the size's
+    run_job(model, spec, tmp_path, **QUIET)
+    report = (tmp_path / "report.md").read_text()
+    assert "--sampling act" in report and "AcT's protocol" in report
 
 
 @pytest.mark.parametrize("fit_set", ["wiki", "mixed"])

@@ -25,7 +25,7 @@ from ..io import (CorruptFileError, ensure_writable_dir, fingerprint, read_csv, 
 from ..sites import site_spec
 from ..steer import SteerError, Steerer, load_steerer, make
 from ..tokens import token_ids
-from .generation import GenerationSettings
+from .generation import PRESETS, GenerationSettings, settings_for
 from .harness import BASELINE, EvalSettings, Evaluation, compare, evaluate
 from .perplexity import perplexity
 from .sweep import calibrate
@@ -60,6 +60,11 @@ SIZES = {
                      n_calib=500, lineas_steps=1000, det0_experts=256, utility_n=300),
 }
 
+# Generation protocols of the run: ``default`` takes its tokens and samples from the size;
+# ``act`` is AcT's RTP protocol (METHODS.md §4.5) whole: 32 tokens, top-p 0.3, repetition
+# penalty 1.2, one sample per prompt.
+SAMPLING = ("default", "act")
+
 # name → (method, options, base name). Strength λ = 1 for every map (the papers' default);
 # ITI-c at the LinEAS paper's λ = 0.5.
 METHODS: dict[str, tuple[str, dict, str | None]] = {
@@ -85,6 +90,7 @@ class JobSpec:
     ppl_budget: float | None = 0.05  # None: evaluate at the default λ only
     scorer: str = "jigsaw"
     fit_set: str = DEFAULT_KIND  # fitsets.KINDS: how the toxic/non-toxic fit texts are built
+    sampling: str = "default"  # SAMPLING: the generation protocol
 
     def __post_init__(self) -> None:
         if self.size not in SIZES:
@@ -96,6 +102,9 @@ class JobSpec:
             raise ValueError("the run needs at least one method")
         if self.fit_set not in KINDS:
             raise ValueError(f"unknown fit set {self.fit_set!r}; fit sets: {', '.join(KINDS)}")
+        if self.sampling not in SAMPLING:
+            raise ValueError(f"unknown sampling {self.sampling!r}; choose one of "
+                             f"{', '.join(SAMPLING)}")
         if self.ppl_budget is not None and not 0 < self.ppl_budget < 10:
             raise ValueError(f"ppl_budget is a relative increase (0.10 = +10%), "
                              f"got {self.ppl_budget}")
@@ -135,7 +144,9 @@ def job_data(model: HookedTransformer, spec: JobSpec) -> JobData:
 
 def prompt_limit(model: HookedTransformer, spec: JobSpec) -> int:
     """Longest prompt (tokens) the run generates from: 64, or less on a short-context model."""
-    return min(64, model.cfg.n_ctx - spec.sizes.new_tokens)
+    new_tokens = PRESETS["act"].max_new_tokens if spec.sampling == "act" else \
+        spec.sizes.new_tokens
+    return min(64, model.cfg.n_ctx - new_tokens)
 
 
 def _prompts(model: HookedTransformer, spec: JobSpec) -> list[str]:
@@ -215,10 +226,8 @@ def run_job(model: HookedTransformer, spec: JobSpec, out: str | Path, fresh: boo
 
     out = open_folder(out, spec, fresh)
     data = job_data(model, spec)
-    settings = EvalSettings(generation=GenerationSettings(
-        max_new_tokens=spec.sizes.new_tokens, samples=spec.sizes.samples, seed=spec.seed,
-        max_prompt_tokens=prompt_limit(model, spec)),
-        scorer=spec.scorer, utility_n=spec.sizes.utility_n)
+    settings = EvalSettings(generation=generation_settings(model, spec), scorer=spec.scorer,
+                            utility_n=spec.sizes.utility_n)
     kw = dict(prompts=data.prompts, ppl_texts=data.ppl_texts, settings=settings,
               progress=progress)
     t0 = time.perf_counter()
@@ -241,6 +250,15 @@ def run_job(model: HookedTransformer, spec: JobSpec, out: str | Path, fresh: boo
     frame = pd.DataFrame(rows).merge(compare(evals), on="condition")
     write_outputs(frame, spec, out, seconds=time.perf_counter() - t0, model=model)
     return frame
+
+
+def generation_settings(model: HookedTransformer, spec: JobSpec) -> GenerationSettings:
+    """The run's sampling protocol (:data:`SAMPLING`) with its seed and prompt limit."""
+    kw = dict(seed=spec.seed, max_prompt_tokens=prompt_limit(model, spec))
+    if spec.sampling == "act":
+        return settings_for("act", **kw)
+    return settings_for("default", max_new_tokens=spec.sizes.new_tokens,
+                        samples=spec.sizes.samples, **kw)
 
 
 def _strengths(model: HookedTransformer, name: str, steerer: Steerer, spec: JobSpec,

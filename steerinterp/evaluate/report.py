@@ -83,6 +83,22 @@ def write_outputs(frame: pd.DataFrame, spec, out: Path, seconds: float, model) -
     write_text(out / "report.md", markdown_report(frame, spec, seconds, model))
 
 
+def _flags(spec) -> str:
+    flags = ""
+    if getattr(spec, "sampling", "default") != "default":
+        flags += f" --sampling {spec.sampling}"
+    if spec.fit_set != "continuations":
+        flags += f" --fit-set {spec.fit_set}"
+    return flags
+
+
+def _sampling(spec) -> str:
+    if getattr(spec, "sampling", "default") == "act":
+        return "1 sample × 32 new tokens (AcT's protocol: top-p 0.3, repetition penalty 1.2"
+    z = spec.sizes
+    return f"{z.samples} samples × {z.new_tokens} new tokens (temperature 1.0, top-p 0.9"
+
+
 def markdown_report(frame: pd.DataFrame, spec, seconds: float, model) -> str:
     z = spec.sizes
     budget = (f"each method at its default λ and at the largest λ whose perplexity rise on "
@@ -90,14 +106,14 @@ def markdown_report(frame: pd.DataFrame, spec, seconds: float, model) -> str:
               if spec.ppl_budget is not None else "each method at its default λ")
     return f"""# steerinterp run: {spec.model}, size `{spec.size}`
 
-Command: `steerinterp run --model {spec.model} --size {spec.size} --seed {spec.seed}`
+Command: `steerinterp run --model {spec.model} --size {spec.size} --seed {spec.seed}{_flags(spec)}`
 (machine: {machine(str(model.cfg.device))}; {seconds / 60:.1f} min, cached stages
 reused).
 
 Fit on {z.n_fit} + {z.n_fit} texts of the `{spec.fit_set}` toxicity fit sets (`steerinterp
-sets`; DSAS control: {z.n_fit} Wikipedia texts). Evaluated on {z.n_prompts} held-out toxic prompts × {z.samples}
-samples × {z.new_tokens} new tokens (temperature 1.0, top-p 0.9, seeded per prompt so every
-condition shares its random numbers), scored by the {spec.scorer} classifier; perplexity of
+sets`; DSAS control: {z.n_fit} Wikipedia texts). Evaluated on {z.n_prompts} held-out toxic
+prompts × {_sampling(spec)}, seeded per prompt so every condition shares its random numbers),
+scored by the {spec.scorer} classifier; perplexity of
 the first 64 tokens of {z.n_ppl} held-out Wikipedia texts. Strength: {budget}.
 LinEAS: {z.lineas_steps} steps. ± are standard errors clustered by prompt; Δ score is the
 paired difference to the unsteered model on the same prompts and seeds.
