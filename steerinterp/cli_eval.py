@@ -13,6 +13,9 @@ SRC = "a built-in set (builtin:toxic; see `steerinterp sets`) or a .txt / .jsonl
 STEERER = typer.Option(None, "--steerer", "-s",
                        help="A fitted steerer directory (from `steerinterp fit`); repeat to "
                             "compose several, applied in the order given.")
+STEERER_REQUIRED = typer.Option(..., "--steerer", "-s",
+                                help="A fitted steerer directory (from `steerinterp fit`); "
+                                     "repeat to compose several, applied in the order given.")
 STRENGTH = typer.Option(None, help="Strength λ for every steerer (default: each one's own, "
                                    "usually 1). Must lie in the method's range.")
 SEED = typer.Option(0, help="Seed: which texts are drawn, and the per-prompt sampling seeds.")
@@ -224,7 +227,7 @@ def evaluate(
 
 @app.command()
 def calibrate(
-    steerer: list[Path] = STEERER,
+    steerer: list[Path] = STEERER_REQUIRED,
     ppl_texts: str = typer.Option("builtin:wiki_control", help=f"Calibration texts: {SRC}. "
                                   "Keep them apart from the texts you evaluate on."),
     n: int = typer.Option(64, help="Calibration texts drawn."),

@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from typer.testing import CliRunner
 
 from steerinterp.cli import app
@@ -77,3 +79,26 @@ def test_bench_steer_auroc_lineas_on_tiny_model(tmp_path):
                                  "--repeats", "1", "--out", str(tmp_path / "lineas.json")])
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "lineas.json").read_text())["ratio"] > 0
+
+
+@pytest.mark.parametrize("args, says", [
+    (["fit", "--bogus"], "No such option: --bogus"),
+    (["fit", "--seed", "abc"], "Invalid value for '--seed'"),
+    (["nosuchcmd"], "No such command 'nosuchcmd'"),
+    (["calibrate"], "Missing option '--steerer'"),
+    (["run", "--size", "smoke", "--sampling", "nucleus", "--model", "tiny-gpt2"],
+     "unknown sampling 'nucleus'"),
+])
+def test_console_entry_point_answers_a_mistake_in_one_line(args, says):
+    """The real console script, as a user runs it: one line naming the problem, exit 2."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    exe = shutil.which("steerinterp") or str(Path(sys.executable).parent / "steerinterp")
+    done = subprocess.run([exe, *args], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done
+    lines = [x for x in (done.stdout + done.stderr).splitlines()
+             if x.strip() and not x.startswith(("Loading", "Loaded"))]
+    assert "Traceback" not in done.stderr and len(lines) == 1 and says in lines[0], lines
