@@ -33,13 +33,15 @@ class FigureSize:
     top_k_units: int
     fit_set: str = "continuations"  # fitsets.KINDS; tiny random models have no toxic samples
     fronts: FrontSize = FrontSize()  # the λ sweeps of ``--only fronts``
+    convergence: tuple[int, ...] = (1000,)  # LinEAS schedule lengths of lineas_convergence
 
 
 SIZES = {
     "quick": FigureSize(n_texts=12, lineas_steps=3, gammas=(0.0, 0.5, 5.0), sae="quick",
                         n_attr=6, top_k_units=20, fit_set="wiki",
                         fronts=FrontSize(n_prompts=3, new_tokens=3, n_ppl=3, utility_n=2,
-                                         points=2, utility_tasks=("siqa",))),
+                                         points=2, utility_tasks=("siqa",)),
+                        convergence=(4, 2)),
     # ~45 min on 2 CPU cores for gemma-3-270m. The γ path spans the useful range there: at
     # γ >= 0.1 the group lasso removes every site within 40 steps.
     "default": FigureSize(n_texts=64, lineas_steps=40, gammas=(0.0, 1e-3, 3e-3, 1e-2, 3e-2),

@@ -271,3 +271,52 @@ def _draw_fronts(frames):
 analysis("fronts")((_fronts, _draw_fronts))
 
 __all__ = ["EXAMPLES", "parse_sites"]
+
+
+def _lineas_convergence(ctx: Context) -> dict[str, pd.DataFrame]:
+    from .analysis.convergence import lineas_convergence
+    from .evaluate import EvalSettings, GenerationSettings, compare, evaluate
+    from .evaluate.fitset_choice import calibration_ppl_texts
+    from .evaluate.job import eval_prompts
+    from .fitsets import calibration_prompts, toxicity_fit_sets
+
+    z, model = ctx.z, ctx.model
+    source, target = ctx.texts()
+    held = toxicity_fit_sets(model, n=ctx.z.n_texts, kind=z.fit_set, seed=ctx.seed,
+                             held_out=True, log=ctx.log)
+    # Toxicity and PPL on the calibration split (never the evaluation prompts): choosing the
+    # schedule is calibration.
+    fz = z.fronts
+    kw = dict(prompts=eval_prompts(model, fz.n_prompts, ctx.seed,
+                                   min(64, model.cfg.n_ctx - fz.new_tokens), "convergence",
+                                   pool=calibration_prompts()),
+              ppl_texts=calibration_ppl_texts(fz.n_ppl), progress=False,
+              settings=EvalSettings(generation=GenerationSettings(
+                  max_new_tokens=fz.new_tokens, samples=fz.samples, seed=ctx.seed)))
+    base = evaluate(model, condition="unsteered", **kw)
+
+    def at_end(steerer) -> dict:
+        row = compare([base, evaluate(model, steerer, condition="lineas", **kw)]).iloc[1]
+        return {"mean_score": row["mean_score"], "mean_score_se": row["mean_score_se"],
+                "mean_score_unsteered": base.summary()["mean_score"],
+                "ratio_mean_score": row["ratio_mean_score"], "ppl": row["ppl"],
+                "delta_ppl_rel": row["delta_ppl_rel"]}
+
+    frames = lineas_convergence(model, source, target, *held, schedules=z.convergence,
+                                config={"seed": ctx.seed}, evaluate_at_end=at_end,
+                                log=ctx.log)
+    frames["lineas_checkpoints"].attrs["title"] = (
+        f"{model.cfg.model_name}: LinEAS (reference recipe), {z.n_texts} + {z.n_texts} "
+        f"{z.fit_set} fit texts, held-out W2 on the next {z.n_texts}")
+    return frames
+
+
+def _draw_lineas_convergence(frames):
+    from .plots.convergence import plot_convergence
+
+    curve, points = frames["lineas_curve"], frames["lineas_checkpoints"]
+    return {"lineas_convergence": (plot_convergence(curve, points, points.attrs.get("title")),
+                                   points)}
+
+
+analysis("lineas_convergence")((_lineas_convergence, _draw_lineas_convergence))

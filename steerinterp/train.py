@@ -249,12 +249,13 @@ def train(model: HookedTransformer, params: list[torch.Tensor], source_ids: list
           target: ActivationStore, sites: list[Site], settings: TrainSettings,
           prox: Callable[[float], None] | None = None,
           extra_loss: Callable[[], dict[str, torch.Tensor]] | None = None,
-          desc: str = "train") -> list[dict]:
+          desc: str = "train", on_step: Callable[[int], None] | None = None) -> list[dict]:
     """Run the loop; the caller has already attached its steerer with ``steered()``.
 
     ``prox(lr)`` is applied after each optimiser step with the lr that step used (the
     reference's ``tau = scheduler.get_last_lr()``); ``extra_loss()`` may add named terms
-    (E2E-DSAS's control term). Returns the loss curve, one dict per step (``step``, ``lr``,
+    (E2E-DSAS's control term); ``on_step(k)`` runs after the k-th step (k = 1..steps) is
+    complete, prox included (snapshots for convergence curves). Returns the loss curve, one dict per step (``step``, ``lr``,
     ``loss``, ``w2`` and the extra terms). ValueError on sets too small for the batch.
     """
     gen = torch.Generator().manual_seed(settings.seed)
@@ -284,6 +285,8 @@ def train(model: HookedTransformer, params: list[torch.Tensor], source_ids: list
             curve.append({"step": step, "lr": lr, "loss": loss.item(), "w2": w2.item(),
                           **{k: v.item() for k, v in extra.items()}})
             bar.set_postfix(loss=f"{curve[-1]['loss']:.4g}")
+            if on_step is not None:
+                on_step(step + 1)
     return curve
 
 

@@ -155,11 +155,13 @@ def _prompts(model: HookedTransformer, spec: JobSpec) -> list[str]:
 
 
 def eval_prompts(model: HookedTransformer, n: int, seed: int, limit: int,
-                 who: str = "the run") -> list[str]:
-    """``n`` held-out prompts (``toxic_prompts``) in seeded order, skipping any longer than
-    ``limit`` tokens (none on the real models: the built-in prompts are ~18 tokens)."""
-    pool = load_texts("toxic_prompts")
-    pool = load_texts("toxic_prompts", n=len(pool), seed=seed)
+                 who: str = "the run", pool: list[str] | None = None) -> list[str]:
+    """``n`` held-out prompts (``toxic_prompts``, or ``pool`` as given) in seeded order,
+    skipping any longer than ``limit`` tokens (none on the real models: the built-in prompts
+    are ~18 tokens)."""
+    if pool is None:
+        pool = load_texts("toxic_prompts")
+        pool = load_texts("toxic_prompts", n=len(pool), seed=seed)
     lengths = [len(x) for x in token_ids(model, pool, max_tokens=10**9)]
     kept = [p for p, k in zip(pool, lengths) if k <= limit][:n]
     if len(kept) < n:

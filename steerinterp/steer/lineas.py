@@ -119,14 +119,37 @@ class Lineas(AffineSteerer):
             self.set_tensor(site, "bias", torch.zeros(width), trainable=True)
         self.record_provenance(model, sites, len(texts), tgt.n, t0)  # steered() needs it
         self.to(model.cfg.device)
+        self.snapshots = {}
         with steered(model, self, strength=1.0):
             self.loss_curve = train(model, list(self.tensors.values()), ids, tgt, sites,
-                                    settings, prox=self._prox, desc="lineas")
+                                    settings, prox=self._prox, desc="lineas",
+                                    on_step=self._snapshot if self.snapshot_at else None)
         for p in self.tensors.values():
             p.requires_grad_(False)
         self.record_provenance(model, sites, len(texts), tgt.n, t0)
         self.provenance["train"] = dataclasses.asdict(settings)  # resolved lr and batch
         return self
+
+    # Steps after which fit() keeps a copy of the maps (``snapshots``, in memory only): the
+    # convergence curves of ``analysis.convergence`` read them with :meth:`at_snapshot`.
+    snapshot_at: tuple[int, ...] = ()
+
+    def _snapshot(self, step: int) -> None:
+        if step in self.snapshot_at:
+            self.snapshots[step] = {(site, name): self.tensor(site, name).detach().cpu().clone()
+                                    for site in self.sites for name in ("omega", "bias")}
+
+    def at_snapshot(self, step: int) -> Lineas:
+        """A copy of this steerer with the maps it had after training step ``step``."""
+        snaps = getattr(self, "snapshots", {})
+        if step not in snaps:
+            raise SteerError(f"no snapshot at step {step}; this fit kept {sorted(snaps)} "
+                             "(set snapshot_at before fit)")
+        copy = self._like(self)
+        copy.loss_curve = getattr(self, "loss_curve", [])[:step]
+        for (site, name), value in snaps[step].items():
+            copy.set_tensor(site, name, value)
+        return copy.to(self.tensor(self.sites[0], "omega").device)
 
     def _prox(self, lr: float) -> None:
         """Sparse-group-lasso proximal step on ω − 1 and b, per site (LinEAS Alg. 1): L1
