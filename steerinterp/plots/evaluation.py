@@ -31,7 +31,10 @@ def plot_pareto(frame: pd.DataFrame, x: str = "ppl", y: str = "mean_score", titl
     for method in methods:
         part = frame[frame["method"] == method].sort_values(x)
         star = method == "unsteered"
-        ax.errorbar(part[x], part[y], yerr=part.get(f"{y}_se"), xerr=part.get(f"{x}_se"),
+        # No x error bars for PPL: its SE across texts hides that conditions are compared
+        # on the same texts (the paired ΔPPL SE is far smaller; it is in the table).
+        xerr = None if x.startswith("ppl") else part.get(f"{x}_se")
+        ax.errorbar(part[x], part[y], yerr=part.get(f"{y}_se"), xerr=xerr,
                     fmt="*" if star else "o-", ms=12 if star else 6, capsize=2, lw=1,
                     color="black" if star else colours[method], label=method)
     front = pareto_front(frame, x, y)
