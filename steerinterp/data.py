@@ -205,8 +205,7 @@ def read_texts(path: str | os.PathLike) -> list[str]:
 
 @functools.lru_cache(maxsize=64)
 def _read_file(path: str, _mtime: int, _size: int) -> tuple[str, ...]:
-    with open(path, encoding="utf-8") as f:
-        lines = f.read().splitlines()
+    lines = _utf8(path).splitlines()
     if path.lower().endswith(".txt"):
         texts = lines
     else:
@@ -215,6 +214,18 @@ def _read_file(path: str, _mtime: int, _size: int) -> tuple[str, ...]:
     if not out:
         raise ValueError(f"no text found in {path!r} (the file is empty or only whitespace)")
     return tuple(out)
+
+
+def _utf8(path: str) -> str:
+    """The file's text; a file that is not UTF-8 text (binary, another encoding) is a
+    ValueError naming it and the first bad byte."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path!r} is not UTF-8 text (byte {err.start}: "
+                         f"{err.object[err.start:err.start + 1]!r}); save it as UTF-8 text, "
+                         "one text per line") from None
 
 
 def _jsonl_text(path: str, lineno: int, line: str) -> str:
@@ -366,7 +377,7 @@ def load_prompts(name: str | os.PathLike, n: int | None = None, seed: int = 0) -
     not a separator) that names the lines."""
     p = Path(str(name))
     if p.suffix.lower() == ".txt" and p.is_file():
-        lines = p.read_text(encoding="utf-8").splitlines()
+        lines = _utf8(str(p)).splitlines()
         blank = [i for i, line in enumerate(lines, 1) if not line.strip()]
         if blank and len(blank) == len(lines):
             raise ValueError(f"prompts file {str(p)!r} has no prompts (only whitespace)")

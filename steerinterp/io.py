@@ -26,6 +26,10 @@ class CorruptFileError(ValueError):
 def ensure_writable_dir(path: Path) -> Path:
     """Create ``path`` (and parents) or raise a clear error if it cannot be written."""
     path = Path(path)
+    blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+    if blocker is not None:  # mkdir would say "File exists", which names neither
+        raise PermissionError(f"cannot create directory {path}: {blocker} is a file, "
+                              "not a directory")
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -116,7 +120,10 @@ def save_tensors(path: Path, tensors: dict[str, torch.Tensor],
                  metadata: dict[str, str] | None = None) -> str:
     """Atomically write a safetensors file and return its sha256."""
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+    def write(tmp: str) -> None:
+        save_file(tensors, tmp, metadata=metadata)
+        os.chmod(tmp, default_mode())  # save_file recreates the file owner-only (0600)
+    atomic_write(path, write)
     return sha256_of(path)
 
 

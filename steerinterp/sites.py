@@ -88,6 +88,8 @@ class Site:
         """``"L3.mlp_post"`` (or a TL hook name such as ``"blocks.3.hook_mlp_out"``) -> Site."""
         if isinstance(text, Site):
             return text
+        if not isinstance(text, str):
+            raise SiteError(f"a site is a string such as 'L3.mlp_post', got {text!r}")
         m = re.fullmatch(r"L(\d+)\.(\w+)", text.strip())
         if m:
             return cls(int(m.group(1)), m.group(2))

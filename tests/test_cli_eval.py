@@ -120,7 +120,7 @@ def test_prompt_longer_than_the_limit_is_refused(tmp_path):
 
 @pytest.mark.parametrize("strength, message", [("-0.5", "outside mean_shift's range"),
                                                ("3", "outside mean_shift's range"),
-                                               ("nan", "must be a number")])
+                                               ("nan", "must be a finite number")])
 def test_bad_strength_is_refused(fitted, prompts_file, strength, message):
     result = invoke("generate", "--model", "tiny-gpt2", "--prompts", prompts_file,
                     "--steerer", fitted, "--strength", strength, "--no-score")

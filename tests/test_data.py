@@ -201,3 +201,14 @@ def test_length_match_does_not_leave_broken_characters(tok):
     # "é" is two bytes: a cut after its first byte must not leave U+FFFD behind.
     s, t = length_match(tok, ["héllo wörld"], ["ab"])
     assert s == ["h"] and t == ["ab"]
+
+
+@pytest.mark.parametrize("suffix", [".txt", ".jsonl"])
+def test_a_binary_file_is_named(tmp_path, suffix):
+    path = tmp_path / f"texts{suffix}"
+    path.write_bytes(b"ok line\n\xff\xfe\x00binary")
+    with pytest.raises(ValueError, match=rf"texts{suffix}' is not UTF-8 text \(byte 8"):
+        load_texts(str(path))
+    if suffix == ".txt":
+        with pytest.raises(ValueError, match="is not UTF-8 text"):
+            data.load_prompts(str(path))

@@ -65,3 +65,22 @@ def test_plot_input_checks_name_the_problem():
         need_columns(pd.DataFrame({"a": [1]}), ["a", "b"], "plot_x", "sweep")
     frame = pd.DataFrame({"point": ["mlp_out", "odd", "attn_out", "mlp_out"]})
     assert ordered_points(frame) == ["attn_out", "mlp_out", "odd"]
+
+
+def test_a_file_in_the_way_of_a_folder_is_named(tmp_path):
+    from steerinterp.io import ensure_writable_dir
+
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(PermissionError, match=r"afile is a file, not a directory"):
+        ensure_writable_dir(tmp_path / "afile" / "x")
+
+
+def test_safetensors_get_the_same_mode_as_json(tmp_path):
+    import torch
+
+    from steerinterp.io import save_tensors, write_json
+
+    save_tensors(tmp_path / "a.safetensors", {"w": torch.zeros(2)})
+    write_json(tmp_path / "a.json", {})
+    mode = lambda p: p.stat().st_mode & 0o777  # noqa: E731
+    assert mode(tmp_path / "a.safetensors") == mode(tmp_path / "a.json")

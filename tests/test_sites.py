@@ -97,3 +97,9 @@ def test_default_sites_follow_methods_md(tiny_gpt2, tiny_gemma):
         assert sites == sorted(sites) and sites
     with pytest.raises(SiteError, match="unknown method 'nope'"):
         default_sites(tiny_gemma, "nope")
+
+
+@pytest.mark.parametrize("bad", [None, 3, 2.5])
+def test_site_parse_of_a_non_string_names_it(bad):
+    with pytest.raises(SiteError, match="a site is a string such as 'L3.mlp_post', got"):
+        Site.parse(bad)

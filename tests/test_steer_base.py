@@ -65,7 +65,7 @@ def test_strength_out_of_range(model, fitted):
     with pytest.raises(SteerError, match="outside mean_shift's range"):
         with steered(model, fitted, strength=-0.5):
             pass
-    with pytest.raises(SteerError, match="must be a number"):
+    with pytest.raises(SteerError, match="must be a finite number"):
         fitted.fwd_hooks(float("nan"))
 
 
@@ -123,3 +123,17 @@ def test_mean_shift_is_the_mean_difference(model):
         acts = src[site]
         torch.testing.assert_close(fitted.steer(acts, site, 1.0).mean(0), tgt[site].mean(0),
                                    atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("method", ["actadd", "iti"])
+@pytest.mark.parametrize("bad", [float("inf"), float("-inf")])
+def test_infinite_strength_is_refused_for_unbounded_methods(model, method, bad):
+    """Vector additions have no upper bound, but ±inf gives NaN logits, never a result."""
+    texts = ["the cat sat on the mat", "a dog ran in the park", "rain fell on the town",
+             "she read a long book"]
+    other = ["stocks fell sharply today", "the committee approved it", "engineers tested a bridge",
+             "the festival drew crowds"]
+    steerer = make(method).fit(model, texts, other)
+    with pytest.raises(SteerError, match="must be a finite number, got -?inf"):
+        with steered(model, steerer, strength=bad):
+            pass

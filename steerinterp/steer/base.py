@@ -11,6 +11,7 @@ and ``state.safetensors`` — no pickles.
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -177,8 +178,9 @@ class Steerer(nn.Module):
     # -- applying --------------------------------------------------------------------------
     def check_strength(self, strength: float) -> float:
         lo_hi = self.strength_range
-        if not isinstance(strength, (int, float)) or strength != strength:
-            raise SteerError(f"strength must be a number, got {strength!r}")
+        if isinstance(strength, bool) or not isinstance(strength, (int, float)) \
+                or not math.isfinite(strength):
+            raise SteerError(f"strength must be a finite number, got {strength!r}")
         if lo_hi is not None and not lo_hi[0] <= strength <= lo_hi[1]:
             raise SteerError(f"strength {strength} is outside {self.method}'s range "
                              f"[{lo_hi[0]}, {lo_hi[1]}]")
