@@ -251,10 +251,11 @@ def test_real_flags_and_cache(real):
     assert real.model.cfg.normalization_type == "RMS" and not real.model.training
     assert real.model.tokenizer.padding_side == "left"
     assert real.model.cfg.dtype == torch.float32
-    start = time.perf_counter()
-    path = prepare_model_cache(real.name)  # already built: only the cheap integrity check
-    assert time.perf_counter() - start < 2 and (path / assets.CACHE_MARKER).is_file()
-    assert real.seconds < 120  # loaded from the fp32 copy, no GGUF parsing
+    # Not timed (timings belong in benchmarks): an existing cache is checked, never rebuilt.
+    marker = prepare_model_cache(real.name) / assets.CACHE_MARKER
+    before = marker.stat().st_mtime_ns
+    assert prepare_model_cache(real.name) / assets.CACHE_MARKER == marker
+    assert marker.stat().st_mtime_ns == before
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "gemma"])
