@@ -39,3 +39,12 @@ TEXTS = [
 @pytest.fixture
 def texts():
     return list(TEXTS)
+
+
+@pytest.fixture
+def two_sets():
+    """Two small sets of different sentences (source, target) for quick fits."""
+    return (["the cat sat on the mat today", "a dog ran in the park at noon",
+             "rain fell on the old town", "she read a long book by the fire"],
+            ["stocks fell sharply in early trading", "the committee approved the budget",
+             "engineers tested the new bridge", "the festival drew large crowds"])

@@ -10,10 +10,6 @@ from steerinterp.analysis.convergence import checkpoints, lineas_convergence
 from steerinterp.models import load_model
 from steerinterp.steer import SteerError, make
 
-SOURCE = ["the cat sat on the mat today", "a dog ran in the park at noon",
-          "rain fell on the old town", "she read a long book by the fire"]
-TARGET = ["stocks fell sharply in early trading", "the committee approved the budget",
-          "engineers tested the new bridge", "the festival drew large crowds"]
 
 
 @pytest.fixture(scope="module")
@@ -28,10 +24,10 @@ def test_checkpoints_are_geometric_and_end_at_the_schedule():
         checkpoints(0)
 
 
-def test_snapshot_at_the_last_step_is_the_fitted_map(model):
+def test_snapshot_at_the_last_step_is_the_fitted_map(model, two_sets):
     lin = make("lineas", steps=4, minibatch=4)
     lin.snapshot_at = (2, 4)
-    lin.fit(model, SOURCE, TARGET)
+    lin.fit(model, *two_sets)
     end, mid = lin.at_snapshot(4), lin.at_snapshot(2)
     for site in lin.sites:
         torch.testing.assert_close(end.tensor(site, "omega"), lin.tensor(site, "omega"))
@@ -42,8 +38,9 @@ def test_snapshot_at_the_last_step_is_the_fitted_map(model):
         lin.at_snapshot(3)
 
 
-def test_convergence_frames(model):
-    frames = lineas_convergence(model, SOURCE, TARGET, list(reversed(SOURCE)), TARGET,
+def test_convergence_frames(model, two_sets):
+    source, target = two_sets
+    frames = lineas_convergence(model, source, target, list(reversed(source)), target,
                                 schedules=(4, 2), config={"minibatch": 4},
                                 evaluate_at_end=lambda s: {"mean_score": 0.5},
                                 log=lambda msg: None)
@@ -53,7 +50,7 @@ def test_convergence_frames(model):
     assert points["end"].sum() == 2 and points.loc[points["end"], "mean_score"].eq(0.5).all()
     assert (points["heldout_w2_unsteered"] > 0).all()
     with pytest.raises(ValueError, match="schedules must be positive step counts"):
-        lineas_convergence(model, SOURCE, TARGET, SOURCE, TARGET, schedules=())
+        lineas_convergence(model, *two_sets, *two_sets, schedules=())
 
 
 def test_figures_quick_lineas_convergence(model, tmp_path):

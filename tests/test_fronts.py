@@ -9,10 +9,6 @@ from steerinterp.models import load_model
 from steerinterp.plots import plot_fronts
 from steerinterp.steer import make
 
-TEXTS = ["the cat sat on the mat today", "a dog ran in the park at noon",
-         "rain fell on the old town", "she read a long book by the fire"]
-OTHER = ["stocks fell sharply in early trading", "the committee approved the budget",
-         "engineers tested the new bridge", "the festival drew large crowds"]
 
 
 @pytest.fixture(scope="module")
@@ -36,12 +32,13 @@ def test_figures_quick_fronts(model, tmp_path):
     assert df.loc[df["method"] != "unsteered", "gated"].sum() == points * len(FRONT_DSAS)
 
 
-def test_strength_grid_and_its_errors(model):
-    ms = make("mean_shift").fit(model, TEXTS, list(reversed(TEXTS)))
+def test_strength_grid_and_its_errors(model, two_sets):
+    source, target = two_sets
+    ms = make("mean_shift").fit(model, source, target)
     assert strength_grid(ms, 4) == [0.25, 0.5, 0.75, 1.0]
-    dsas = make("dsas", base=ms).fit(model, TEXTS, control=OTHER)
+    dsas = make("dsas", base=ms).fit(model, source, control=target)
     assert strength_grid(dsas, 2) == [1.0, 2.0]
-    actadd = make("actadd").fit(model, TEXTS, list(reversed(TEXTS)))
+    actadd = make("actadd").fit(model, source, target)
     with pytest.raises(ValueError, match="no bounded strength range"):
         strength_grid(actadd, 4)
 

@@ -127,13 +127,9 @@ def test_mean_shift_is_the_mean_difference(model):
 
 @pytest.mark.parametrize("method", ["actadd", "iti"])
 @pytest.mark.parametrize("bad", [float("inf"), float("-inf")])
-def test_infinite_strength_is_refused_for_unbounded_methods(model, method, bad):
+def test_infinite_strength_is_refused_for_unbounded_methods(model, method, bad, two_sets):
     """Vector additions have no upper bound, but ±inf gives NaN logits, never a result."""
-    texts = ["the cat sat on the mat", "a dog ran in the park", "rain fell on the town",
-             "she read a long book"]
-    other = ["stocks fell sharply today", "the committee approved it", "engineers tested a bridge",
-             "the festival drew crowds"]
-    steerer = make(method).fit(model, texts, other)
+    steerer = make(method).fit(model, *two_sets)
     with pytest.raises(SteerError, match="must be a finite number, got -?inf"):
         with steered(model, steerer, strength=bad):
             pass
