@@ -64,10 +64,11 @@ class Context:
     def z(self) -> FigureSize:
         return SIZES[self.size]
 
-    def texts(self) -> tuple[list[str], list[str]]:
-        """The toxicity fit sets (source, target) of this size's kind (``fitsets``)."""
+    def texts(self, held_out: bool = False) -> tuple[list[str], list[str]]:
+        """The toxicity fit sets (source, target) of this size's kind (``fitsets``); with
+        ``held_out``, the next texts of the same shuffle, disjoint from the fit."""
         return toxicity_fit_sets(self.model, n=self.z.n_texts, kind=self.z.fit_set,
-                                 seed=self.seed, log=self.log)
+                                 seed=self.seed, held_out=held_out, log=self.log)
 
     def held_out(self, name: str, n: int) -> list[str]:
         """Texts not in the fit sets (the far end of the seeded order)."""

@@ -221,13 +221,11 @@ DIAGNOSIS_METHODS = ("mean_shift", "linear_act")
 def _diagnosis(ctx: Context) -> dict[str, pd.DataFrame]:
     from .analysis import diagnose
     from .evaluate.fitset_choice import calibration_ppl_texts
-    from .fitsets import toxicity_fit_sets
 
     # PPL on the calibration end of wiki_ppl (choosing sites is calibration, not evaluation);
     # W2 on the next texts of the fit sets' own shuffle (same kind, disjoint from the fit).
     ppl = calibration_ppl_texts(2 * ctx.z.n_attr)
-    source, target = toxicity_fit_sets(ctx.model, n=ctx.z.n_texts, kind=ctx.z.fit_set,
-                                       seed=ctx.seed, held_out=True, log=ctx.log)
+    source, target = ctx.texts(held_out=True)
     return {f"diagnosis_{m}": diagnose(ctx.model, ctx.steerer(m), ppl, source, target,
                                        strength=1.0, progress=False)
             for m in DIAGNOSIS_METHODS}
@@ -245,7 +243,7 @@ analysis("diagnosis")((_diagnosis, _draw_diagnosis))
 def _fronts(ctx: Context) -> dict[str, pd.DataFrame]:
     from .data import load_texts
     from .evaluate.fronts import FRONT_METHODS, front_steerers, fronts
-    from .evaluate.job import eval_prompts
+    from .evaluate.job import eval_prompts, max_prompt_tokens
 
     z = ctx.z.fronts
     source, _ = ctx.texts()
@@ -253,7 +251,7 @@ def _fronts(ctx: Context) -> dict[str, pd.DataFrame]:
                               load_control(ctx))
     # The main job's evaluation split: held-out prompts, the head of wiki_ppl.
     prompts = eval_prompts(ctx.model, z.n_prompts, ctx.seed,
-                           min(64, ctx.model.cfg.n_ctx - z.new_tokens), "the fronts")
+                           max_prompt_tokens(ctx.model, z.new_tokens), "the fronts")
     frame = fronts(ctx.model, steerers, prompts, load_texts("wiki_ppl")[:z.n_ppl], z,
                    seed=ctx.seed, cache_dir=ctx.cache / "fronts")
     frame.attrs["title"] = (f"{ctx.model.cfg.model_name}: λ sweeps, {z.n_prompts} held-out "
@@ -277,18 +275,17 @@ def _lineas_convergence(ctx: Context) -> dict[str, pd.DataFrame]:
     from .analysis.convergence import lineas_convergence
     from .evaluate import EvalSettings, GenerationSettings, compare, evaluate
     from .evaluate.fitset_choice import calibration_ppl_texts
-    from .evaluate.job import eval_prompts
-    from .fitsets import calibration_prompts, toxicity_fit_sets
+    from .evaluate.job import eval_prompts, max_prompt_tokens
+    from .fitsets import calibration_prompts
 
     z, model = ctx.z, ctx.model
     source, target = ctx.texts()
-    held = toxicity_fit_sets(model, n=ctx.z.n_texts, kind=z.fit_set, seed=ctx.seed,
-                             held_out=True, log=ctx.log)
+    held = ctx.texts(held_out=True)
     # Toxicity and PPL on the calibration split (never the evaluation prompts): choosing the
     # schedule is calibration.
     fz = z.fronts
     kw = dict(prompts=eval_prompts(model, fz.n_prompts, ctx.seed,
-                                   min(64, model.cfg.n_ctx - fz.new_tokens), "convergence",
+                                   max_prompt_tokens(model, fz.new_tokens), "convergence",
                                    pool=calibration_prompts()),
               ppl_texts=calibration_ppl_texts(fz.n_ppl), progress=False,
               settings=EvalSettings(generation=GenerationSettings(

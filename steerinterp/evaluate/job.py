@@ -146,6 +146,11 @@ def prompt_limit(model: HookedTransformer, spec: JobSpec) -> int:
     """Longest prompt (tokens) the run generates from: 64, or less on a short-context model."""
     new_tokens = PRESETS["act"].max_new_tokens if spec.sampling == "act" else \
         spec.sizes.new_tokens
+    return max_prompt_tokens(model, new_tokens)
+
+
+def max_prompt_tokens(model: HookedTransformer, new_tokens: int) -> int:
+    """64 tokens, or less where the context must also hold ``new_tokens``."""
     return min(64, model.cfg.n_ctx - new_tokens)
 
 
