@@ -12,6 +12,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from .errors import ModelUnavailable
+
 app = typer.Typer(help="Activation steering on TransformerLens: collect, fit, steer, evaluate, "
                        "explain.", no_args_is_help=True, pretty_exceptions_enable=False)
 bench_app = typer.Typer(help="Benchmarks, reported as ratios measured in the same run.",
@@ -28,6 +30,8 @@ MODEL = typer.Option("gemma-3-270m", "--model", "-m",
                      help="Model: 'gemma-3-270m' or 'smollm2-135m' offline, any TransformerLens "
                           "name with hub access, 'tiny-gpt2'/'tiny-gemma' for smoke tests.")
 DEVICE = typer.Option(None, help="torch device (default: cuda if available, else cpu).")
+PROMPT_TOKENS = typer.Option(None, help="Longest prompt accepted, in tokens (default 64); a "
+                             "longer one is an error, never silently cut.")
 
 
 def _load(model: str, device: str | None):
@@ -212,7 +216,8 @@ def _print_dict(d: dict, title: str) -> None:
     console().print(table)
 
 
-USER_ERRORS = (ValueError, TypeError, FileNotFoundError, PermissionError, KeyError)
+USER_ERRORS = (ValueError, TypeError, FileNotFoundError, PermissionError, KeyError,
+               ModelUnavailable)
 
 
 def _click_errors(name: str) -> tuple[type, ...]:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from .cli import DEVICE, MODEL, _load, _print_dict, _print_frame, app, console
+from .cli import DEVICE, MODEL, PROMPT_TOKENS, _load, _print_dict, _print_frame, app, console
 
 SRC = "a built-in set (builtin:toxic; see `steerinterp sets`) or a .txt / .jsonl file"
 STEERER = typer.Option(None, "--steerer", "-s",
@@ -19,6 +19,17 @@ STEERER_REQUIRED = typer.Option(..., "--steerer", "-s",
 STRENGTH = typer.Option(None, help="Strength λ for every steerer (default: each one's own, "
                                    "usually 1). Must lie in the method's range.")
 SEED = typer.Option(0, help="Seed: which texts are drawn, and the per-prompt sampling seeds.")
+N_BUILTIN = 100  # texts drawn from a built-in set when no count is given
+
+
+def draw_n(name: str, n: int | None, builtin: int = N_BUILTIN) -> int | None:
+    """How many texts to draw: ``n`` when given; else ``builtin`` from a built-in set and all
+    of a user's file (``None``), so a 20-line file is never asked for 100."""
+    from .data import is_builtin
+
+    if n is not None:
+        return n
+    return builtin if is_builtin(name) else None
 
 
 def _steerers(model, paths: list[Path] | None):
@@ -133,11 +144,13 @@ def _options(items: list[str] | None) -> dict:
     return out
 
 
-def _generation_settings(preset: str, samples, new_tokens, seed, batch_size):
+def _generation_settings(preset: str, samples, new_tokens, seed, batch_size,
+                         max_prompt_tokens=None):
     from .evaluate.generation import settings_for
 
     over = {k: v for k, v in {"samples": samples, "max_new_tokens": new_tokens,
-                              "batch_size": batch_size}.items() if v is not None}
+                              "batch_size": batch_size,
+                              "max_prompt_tokens": max_prompt_tokens}.items() if v is not None}
     return settings_for(preset, seed=seed, **over)
 
 
@@ -155,7 +168,7 @@ def generate(
     n: int = typer.Option(None, help="Prompts drawn (default: all)."),
     steerer: list[Path] = STEERER, strength: float = STRENGTH,
     preset: str = PRESET, samples: int = SAMPLES, new_tokens: int = NEW_TOKENS,
-    batch_size: int = BATCH,
+    batch_size: int = BATCH, max_prompt_tokens: int = PROMPT_TOKENS,
     score: bool = typer.Option(True, help="Score continuations with the Jigsaw classifier."),
     out: Path = typer.Option(None, "--out", "-o", help="Write the samples as JSONL here."),
     seed: int = SEED, model: str = MODEL, device: str = DEVICE,
@@ -173,7 +186,8 @@ def generate(
     m = _load(model, device)
     steerers = _steerers(m, steerer)
     _check_strength(steerers, strength)
-    settings = _generation_settings(preset, samples, new_tokens, seed, batch_size)
+    settings = _generation_settings(preset, samples, new_tokens, seed, batch_size,
+                                    max_prompt_tokens)
     df = gen(m, texts, *steerers, strength=strength, settings=settings,
              scorer=load_scorer("jigsaw", device=m.cfg.device) if score else None)
     if out is not None:
@@ -186,11 +200,13 @@ def generate(
 def evaluate(
     prompts: str = typer.Option("builtin:toxic_prompts", help=f"Held-out prompts: {SRC}."),
     ppl_texts: str = typer.Option("builtin:wiki_ppl", help=f"Perplexity texts: {SRC}."),
-    n_prompts: int = typer.Option(100, help="Prompts drawn."),
-    n_ppl: int = typer.Option(100, help="Perplexity texts drawn."),
+    n_prompts: int = typer.Option(None, help=f"Prompts drawn (default: {N_BUILTIN} of a "
+                                  "built-in set, every line of a file)."),
+    n_ppl: int = typer.Option(None, help=f"Perplexity texts drawn (default: {N_BUILTIN} of a "
+                              "built-in set, all of a file)."),
     steerer: list[Path] = STEERER, strength: float = STRENGTH,
     preset: str = PRESET, samples: int = SAMPLES, new_tokens: int = NEW_TOKENS,
-    batch_size: int = BATCH,
+    batch_size: int = BATCH, max_prompt_tokens: int = PROMPT_TOKENS,
     baseline: bool = typer.Option(True, help="Also evaluate the unsteered model on the same "
                                              "prompts and seeds and report paired differences."),
     out: Path = typer.Option(..., "--out", "-o", help="JSON file for the numbers."),
@@ -203,13 +219,13 @@ def evaluate(
     from .io import ensure_writable_dir, write_json
 
     ensure_writable_dir(out.parent)
-    texts = load_prompts(prompts, n=n_prompts, seed=seed)
-    ppl = load_texts(ppl_texts, n=n_ppl, seed=seed)
+    texts = load_prompts(prompts, n=draw_n(prompts, n_prompts), seed=seed)
+    ppl = load_texts(ppl_texts, n=draw_n(ppl_texts, n_ppl), seed=seed)
     m = _load(model, device)
     steerers = _steerers(m, steerer)
     _check_strength(steerers, strength)
     settings = EvalSettings(generation=_generation_settings(preset, samples, new_tokens, seed,
-                                                            batch_size))
+                                                            batch_size, max_prompt_tokens))
     result = run_eval(m, *steerers, strength=strength, prompts=texts, ppl_texts=ppl,
                       settings=settings, condition="steered" if steerers else "unsteered")
     numbers = result.summary()
@@ -230,7 +246,8 @@ def calibrate(
     steerer: list[Path] = STEERER_REQUIRED,
     ppl_texts: str = typer.Option("builtin:wiki_control", help=f"Calibration texts: {SRC}. "
                                   "Keep them apart from the texts you evaluate on."),
-    n: int = typer.Option(64, help="Calibration texts drawn."),
+    n: int = typer.Option(None, help="Calibration texts drawn (default: 64 of a built-in set, "
+                          "all of a file)."),
     budget: float = typer.Option(0.05, help="Allowed relative perplexity increase (0.05 = +5%)."),
     max_strength: float = typer.Option(None, help="Upper end of the search for unbounded "
                                                   "methods (default: double from 1)."),
@@ -244,8 +261,8 @@ def calibrate(
     steerers = _steerers(m, steerer)
     if not steerers:
         raise typer.BadParameter("calibrate needs at least one --steerer")
-    result = cal(m, steerers, load_texts(ppl_texts, n=n, seed=seed), ppl_budget=budget,
-                 max_strength=max_strength)
+    texts = load_texts(ppl_texts, n=draw_n(ppl_texts, n, 64), seed=seed)
+    result = cal(m, steerers, texts, ppl_budget=budget, max_strength=max_strength)
     _print_frame(result.path, repr(result))
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from .cli import DEVICE, MODEL, _load, _print_frame, app, console
+from .cli import DEVICE, MODEL, PROMPT_TOKENS, _load, _print_frame, app, console
 
 
 def _log(msg: str) -> None:
@@ -21,17 +21,20 @@ def sweep(
     strengths: str = typer.Option("0.25,0.5,0.75,1", help="Comma-separated strengths λ."),
     prompts: str = typer.Option("builtin:toxic_prompts", help="Held-out prompts (SRC)."),
     ppl_texts: str = typer.Option("builtin:wiki_ppl", help="Perplexity texts (SRC)."),
-    n_prompts: int = typer.Option(100, help="Prompts drawn."),
-    n_ppl: int = typer.Option(100, help="Perplexity texts drawn."),
+    n_prompts: int = typer.Option(None, help="Prompts drawn (default: 100 of a built-in set, "
+                                  "every line of a file)."),
+    n_ppl: int = typer.Option(None, help="Perplexity texts drawn (default: 100 of a built-in "
+                              "set, all of a file)."),
     samples: int = typer.Option(None, help="Continuations per prompt (default 2)."),
     new_tokens: int = typer.Option(None, help="New tokens per continuation (default 20)."),
+    max_prompt_tokens: int = PROMPT_TOKENS,
     out: Path = typer.Option(..., "--out", "-o", help="Folder: sweep.csv, pareto figure, "
                                                       "and each condition (resumable)."),
     seed: int = typer.Option(0), model: str = MODEL, device: str = DEVICE,
 ) -> None:
     """Evaluate each steerer at each strength (and the unsteered model): a tidy CSV and the
     toxicity/perplexity Pareto front."""
-    from .cli_eval import _generation_settings, _steerers
+    from .cli_eval import _generation_settings, _steerers, draw_n
     from .data import load_prompts, load_texts
     from .evaluate.harness import EvalSettings
     from .evaluate.sweep import pareto_front
@@ -46,9 +49,10 @@ def sweep(
     loaded = _steerers(m, steerer)
     names = _unique_names([p.name for p in steerer])
     settings = EvalSettings(generation=_generation_settings("default", samples, new_tokens,
-                                                            seed, None))
-    frame = run_sweep(m, dict(zip(names, loaded)), lams, load_prompts(prompts, n_prompts, seed),
-                      load_texts(ppl_texts, n=n_ppl, seed=seed), settings,
+                                                            seed, None, max_prompt_tokens))
+    frame = run_sweep(m, dict(zip(names, loaded)), lams,
+                      load_prompts(prompts, draw_n(prompts, n_prompts), seed),
+                      load_texts(ppl_texts, n=draw_n(ppl_texts, n_ppl), seed=seed), settings,
                       cache_dir=out / "conditions")
     write_csv(out / "sweep.csv", frame)
     save_figure(plot_pareto(frame), frame, "pareto", out)

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import os
+import warnings
 from collections.abc import Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+from filelock import FileLock, Timeout
 from jaxtyping import Bool, Float
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
-from .io import ensure_writable_dir, fingerprint, load_tensors, read_json, save_tensors, write_json
+from .io import (CorruptFileError, ensure_writable_dir, fingerprint, load_tensors, read_json,
+                 save_tensors, write_json)
 from .sites import Site, parse_sites, to_units
 from .store import (_LENGTHS, _TOKENS, FORMAT, POOLS, ActivationStore, StoreError, split_rows,
                     build_meta)
@@ -127,8 +132,49 @@ def _in_memory(meta: dict, sites: list[Site], pool: str, batches: list[list[int]
 
 def _collect_to_disk(model: HookedTransformer, path: Path, meta: dict, ids: list[list[int]],
                      sites: list[Site], batches: list[list[int]], progress: bool) -> ActivationStore:
-    """Shard-per-batch collection that resumes; pooled shards are merged into one at the end."""
+    """Shard-per-batch collection that resumes; pooled shards are merged into one at the end.
+    One writer per store folder: a second process is refused while the first holds the lock."""
     ensure_writable_dir(path)
+    with _writer_lock(path):
+        return _collect_locked(model, path, meta, ids, sites, batches, progress)
+
+
+@contextmanager
+def _writer_lock(path: Path):
+    """An exclusive lock on the store folder (``filelock``), naming the holder's pid."""
+    pid_file = path / ".writer.pid"
+    lock = FileLock(str(path / ".lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        holder = pid_file.read_text().strip() if pid_file.exists() else "unknown"
+        raise StoreError(f"store {path} is being written by another process (pid {holder}); "
+                         "wait for it, or collect into another path") from None
+    try:
+        pid_file.write_text(str(os.getpid()))
+        yield
+    finally:
+        pid_file.unlink(missing_ok=True)
+        lock.release()
+
+
+def _finished_parts(path: Path, shards: dict) -> dict:
+    """The parts an interrupted run finished, less any that are damaged on disk (dropped, with
+    a warning, and recomputed) so that the merge never reads a broken file."""
+    kept = {}
+    for name, shard in shards.items():
+        try:
+            load_tensors(path / name, shard["sha256"], "collection part")
+            kept[name] = shard
+        except (CorruptFileError, FileNotFoundError) as err:
+            warnings.warn(f"{err}; dropping {name} and recomputing its batch", stacklevel=3)
+            (path / name).unlink(missing_ok=True)
+    return kept
+
+
+def _collect_locked(model: HookedTransformer, path: Path, meta: dict, ids: list[list[int]],
+                    sites: list[Site], batches: list[list[int]], progress: bool
+                    ) -> ActivationStore:
     key = fingerprint({k: v for k, v in meta.items() if k != "versions"})
     if (path / "meta.json").exists():
         done = read_json(path / "meta.json", "activation store manifest")
@@ -141,7 +187,7 @@ def _collect_to_disk(model: HookedTransformer, path: Path, meta: dict, ids: list
     if state and state.get("fingerprint") != key:
         raise StoreError(f"{path} holds an unfinished collection with other arguments; "
                          "use another path or delete it")
-    state = {"fingerprint": key, "shards": state.get("shards", {})}
+    state = {"fingerprint": key, "shards": _finished_parts(path, state.get("shards", {}))}
     pool, skip_first = meta["pool"], meta["skip_first"]
     for b, examples in enumerate(tqdm(batches, desc="collect", disable=not progress)):
         name = f"part-{b:05d}.safetensors"

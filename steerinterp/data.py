@@ -277,6 +277,12 @@ def _hub_texts(name: str) -> tuple[str, ...]:
 # --------------------------------------------------------------------------- entry point
 
 
+def is_builtin(name: str | os.PathLike) -> bool:
+    """Whether ``name`` names a built-in set (``toxic`` or ``builtin:toxic``), not a file."""
+    key = str(name)
+    return key.startswith("builtin:") or key in BUILTIN_SETS
+
+
 def _resolve(name: str) -> tuple[str, ...]:
     key = str(name)
     if key.startswith("builtin:"):

@@ -33,7 +33,7 @@ class FigureSize:
     top_k_units: int
     fit_set: str = "continuations"  # fitsets.KINDS; tiny random models have no toxic samples
     fronts: FrontSize = FrontSize()  # the λ sweeps of ``--only fronts``
-    convergence: tuple[int, ...] = (1000,)  # LinEAS schedule lengths of lineas_convergence
+    convergence: tuple[int, ...] = (1000, 250, 60)  # LinEAS schedule lengths compared
 
 
 SIZES = {

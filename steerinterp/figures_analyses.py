@@ -290,18 +290,20 @@ def _lineas_convergence(ctx: Context) -> dict[str, pd.DataFrame]:
               ppl_texts=calibration_ppl_texts(fz.n_ppl), progress=False,
               settings=EvalSettings(generation=GenerationSettings(
                   max_new_tokens=fz.new_tokens, samples=fz.samples, seed=ctx.seed)))
-    base = evaluate(model, condition="unsteered", **kw)
+    base = []  # the unsteered evaluation, once, and only if some schedule is not cached
 
     def at_end(steerer) -> dict:
-        row = compare([base, evaluate(model, steerer, condition="lineas", **kw)]).iloc[1]
+        base[:] = base or [evaluate(model, condition="unsteered", **kw)]
+        row = compare([base[0], evaluate(model, steerer, condition="lineas", **kw)]).iloc[1]
         return {"mean_score": row["mean_score"], "mean_score_se": row["mean_score_se"],
-                "mean_score_unsteered": base.summary()["mean_score"],
+                "mean_score_unsteered": base[0].summary()["mean_score"],
                 "ratio_mean_score": row["ratio_mean_score"], "ppl": row["ppl"],
                 "delta_ppl_rel": row["delta_ppl_rel"]}
 
     frames = lineas_convergence(model, source, target, *held, schedules=z.convergence,
                                 config={"seed": ctx.seed}, evaluate_at_end=at_end,
-                                log=ctx.log)
+                                log=ctx.log, cache_dir=ctx.cache / "convergence" / (
+                                    f"{z.fit_set}-{z.n_texts}-{fz.n_prompts}x{fz.samples}"))
     frames["lineas_checkpoints"].attrs["title"] = (
         f"{model.cfg.model_name}: LinEAS (reference recipe), {z.n_texts} + {z.n_texts} "
         f"{z.fit_set} fit texts, held-out W2 on the next {z.n_texts}")

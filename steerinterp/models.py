@@ -25,10 +25,11 @@ from transformer_lens import loading_from_pretrained as tl_loading
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 
 from steerinterp.assets import ASSETS, cache_dir, ensure_hf_copy, hf_cache_path
+from steerinterp.errors import ModelUnavailable
 
-__all__ = ["DEFAULT_MODEL", "OFFLINE_MODELS", "NO_PROCESSING", "ModelInfo", "cache_dir",
-           "load_model", "model_info", "prepare_model_cache", "resolve_dtype", "tiny_model",
-           "hf_cache_path"]
+__all__ = ["DEFAULT_MODEL", "ModelUnavailable", "OFFLINE_MODELS", "NO_PROCESSING", "ModelInfo", "cache_dir",
+           "load_model", "model_info", "prepare_model_cache", "resolve_dtype", "same_model",
+           "tiny_model", "hf_cache_path", "weight_signature"]
 
 # Weight processing flags used for every model we load. Recorded so that a store or steerer
 # produced under other flags is refused (statistics would live in another basis).
@@ -49,9 +50,48 @@ class ModelInfo:
     weight_processing: dict
     prepend_bos: bool
     architecture: str
+    n_layers: int | None = None  # None in files written before these two were recorded
+    weights: tuple[float, ...] | None = None  # :func:`weight_signature`
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """As JSON reads it back (lists, not tuples), so a saved record compares equal."""
+        d = asdict(self)
+        d["weights"] = None if self.weights is None else list(self.weights)
+        return d
+
+
+def weight_signature(model: HookedTransformer, k: int = 8) -> tuple[float, ...]:
+    """``k`` embedding and ``k`` last-block W_Q entries at fixed positions: two models with the
+    same name, depth and widths but other weights (another seed, a fine-tune) differ here,
+    while a dtype or device change moves them by at most bf16 rounding (see
+    :func:`same_weights`). Cheap: reads 2k numbers."""
+    picks = []
+    for w in (model.embed.W_E, model.blocks[-1].attn.W_Q):
+        flat = w.detach().reshape(-1)
+        idx = torch.linspace(0, flat.numel() - 1, k, device=flat.device).long()
+        picks.extend(float(v) for v in flat[idx].float().cpu())
+    return tuple(round(v, 6) for v in picks)
+
+
+def same_weights(a, b) -> bool:
+    """Whether two signatures are the same weights up to bf16 rounding (unknown: yes)."""
+    if a is None or b is None:
+        return True
+    if len(a) != len(b):
+        return False
+    a, b = torch.tensor(a, dtype=torch.float64), torch.tensor(b, dtype=torch.float64)
+    scale = float(b.pow(2).mean().sqrt()) + 1e-12
+    return bool(((a - b).abs() <= 1e-2 * torch.maximum(a.abs(), b.abs()) + 1e-3 * scale).all())
+
+
+def same_model(a: dict, b: dict) -> bool:
+    """Whether two provenance records (``ModelInfo.to_dict()``) name the same model."""
+    keys = ("name", "weight_processing", "prepend_bos", "architecture")
+    if any(a.get(k) != b.get(k) for k in keys):
+        return False
+    depths = (a.get("n_layers"), b.get("n_layers"))
+    return (None in depths or depths[0] == depths[1]) and same_weights(a.get("weights"),
+                                                                       b.get("weights"))
 
 
 def model_info(model: HookedTransformer) -> ModelInfo:
@@ -64,6 +104,7 @@ def model_info(model: HookedTransformer) -> ModelInfo:
         weight_processing=_flags_of(model),
         prepend_bos=bool(model.cfg.default_prepend_bos),
         architecture=str(model.cfg.original_architecture),
+        n_layers=model.cfg.n_layers, weights=weight_signature(model),
     )
 
 
@@ -77,6 +118,9 @@ def check_provenance(recorded: dict, widths: dict[str, int], model: HookedTransf
     if info.name != recorded["name"]:
         raise error(f"{what} was {verb} on {recorded['name']!r}; it cannot be used with "
                     f"{info.name!r}")
+    if recorded.get("n_layers") is not None and recorded["n_layers"] != info.n_layers:
+        raise error(f"{what} was {verb} on a {recorded['n_layers']}-layer {info.name}; this "
+                    f"one has {info.n_layers} layers")
     if info.weight_processing != recorded["weight_processing"]:
         raise error(f"{what} was {verb} with weight processing {recorded['weight_processing']}, "
                     f"this model has {info.weight_processing}; load models with "
@@ -85,6 +129,9 @@ def check_provenance(recorded: dict, widths: dict[str, int], model: HookedTransf
         have = Site.parse(site).width(model)
         if have != width:
             raise error(f"{what} has width {width} at {site}, the model has {have}")
+    if not same_weights(recorded.get("weights"), info.weights):
+        raise error(f"{what} was {verb} on other weights of {info.name!r} (another seed or "
+                    "checkpoint: the weight signature differs)")
 
 
 def _flags_of(model: HookedTransformer) -> dict:
@@ -101,6 +148,7 @@ def _attach_info(model: HookedTransformer, name: str) -> HookedTransformer:
         weight_processing=dict(NO_PROCESSING),
         prepend_bos=bool(model.cfg.default_prepend_bos),
         architecture=str(model.cfg.original_architecture),
+        n_layers=model.cfg.n_layers, weights=weight_signature(model),
     )
     model.eval()
     return model
@@ -363,7 +411,7 @@ def _load_from_hub(name: str, device: str, dtype: torch.dtype) -> HookedTransfor
                          f"nor a TransformerLens model name or alias") from None
     online = _hub_reachable()
     if not online and not _hub_cached(official):
-        raise RuntimeError(f"cannot load {name!r}: the Hugging Face Hub is unreachable (or "
+        raise ModelUnavailable(f"cannot load {name!r}: the Hugging Face Hub is unreachable (or "
                            f"HF_HUB_OFFLINE is set) and the model is not in the local HF cache. "
                            f"Models that work offline: {_offline_names()}")
     offline = _hub_offline() if not online else contextlib.nullcontext()
@@ -375,5 +423,5 @@ def _load_from_hub(name: str, device: str, dtype: torch.dtype) -> HookedTransfor
                 name, device=device, dtype=dtype, default_prepend_bos=prepend,
                 default_padding_side="left")
     except OSError as err:  # transformers reports hub and connection failures as OSError
-        raise RuntimeError(f"cannot load {name!r} from the Hugging Face Hub ({err}). Models "
+        raise ModelUnavailable(f"cannot load {name!r} from the Hugging Face Hub ({err}). Models "
                            f"that work offline: {_offline_names()}") from err

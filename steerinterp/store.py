@@ -75,7 +75,13 @@ class ActivationStore:
     def lengths(self) -> torch.Tensor:
         """Pooled tokens per text (per-token stores: rows per text in ``store[site]``)."""
         if self._lengths is None:
-            self._lengths = self._load_site(_LENGTHS)
+            try:
+                self._lengths = self._load_site(_LENGTHS)
+            except CorruptFileError:
+                if self.pool == "none":
+                    raise  # a per-token store cannot be read without them: damaged
+                raise StoreError(f"store {self.path} was saved without per-text token counts "
+                                 "(an older pooled store); collect it again to get them") from None
         return self._lengths
 
     def __len__(self) -> int:
@@ -121,6 +127,11 @@ class ActivationStore:
         """Write this store to directory ``path`` atomically (tensors first, manifest last)."""
         path = ensure_writable_dir(Path(path))
         tensors = {str(s): self[s] for s in self.sites}
+        if self.pool != "none" and (self._lengths is not None or self.path is not None):
+            try:  # pooled: token counts are metadata, kept when this store has them
+                tensors[_LENGTHS] = self.lengths
+            except StoreError:
+                pass
         if self.pool == "none":
             tensors[_LENGTHS] = self.lengths
             tensors[_TOKENS] = self._load_site(_TOKENS) if self.path else self._acts[_TOKENS]

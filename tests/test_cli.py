@@ -88,6 +88,8 @@ def test_bench_steer_auroc_lineas_on_tiny_model(tmp_path):
     (["calibrate"], "Missing option '--steerer'"),
     (["run", "--size", "smoke", "--sampling", "nucleus", "--model", "tiny-gpt2"],
      "unknown sampling 'nucleus'"),
+    (["generate", "--model", "gpt2", "--prompts", "builtin:toxic_prompts", "--n", "2"],
+     "cannot load 'gpt2': the Hugging Face Hub is unreachable"),
 ])
 def test_console_entry_point_answers_a_mistake_in_one_line(args, says):
     """The real console script, as a user runs it: one line naming the problem, exit 2."""
@@ -97,7 +99,9 @@ def test_console_entry_point_answers_a_mistake_in_one_line(args, says):
     from pathlib import Path
 
     exe = shutil.which("steerinterp") or str(Path(sys.executable).parent / "steerinterp")
-    done = subprocess.run([exe, *args], capture_output=True, text=True, timeout=300)
+    import os
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}  # never reach for the Hub, whatever the machine
+    done = subprocess.run([exe, *args], capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 2, done
     lines = [x for x in (done.stdout + done.stderr).splitlines()
              if x.strip() and not x.startswith(("Loading", "Loaded"))]

@@ -76,6 +76,20 @@ def test_evaluate_writes_the_documented_json(fitted, prompts_file, tmp_path):
     assert data["unsteered"]["n_prompts"] == 3
 
 
+def test_file_arguments_default_to_the_whole_file(fitted, prompts_file, tmp_path):
+    """A user's 3-line prompt file and 5-line PPL file are used whole, never asked for 100."""
+    ppl = tmp_path / "ppl.txt"
+    ppl.write_text("\n".join(f"The museum on street {i} opened in the spring of that year."
+                             for i in range(5)))
+    out = tmp_path / "eval.json"
+    result = invoke("evaluate", "--model", "tiny-gpt2", "--steerer", fitted, "--prompts",
+                    prompts_file, "--ppl-texts", ppl, "--new-tokens", 2, "--samples", 1,
+                    "--no-baseline", "--out", out)
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.read_text())
+    assert data["n_prompts"] == 3 and data["n_texts"] == 5, data
+
+
 def test_sweep_and_calibrate(fitted, prompts_file, tmp_path):
     result = invoke("sweep", "--model", "tiny-gpt2", "--steerer", fitted, "--strengths",
                     "0.5,1", "--prompts", prompts_file, "--n-prompts", 3, "--n-ppl", 4,

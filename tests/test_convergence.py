@@ -53,6 +53,19 @@ def test_convergence_frames(model, two_sets):
         lineas_convergence(model, *two_sets, *two_sets, schedules=())
 
 
+def test_convergence_cache_refits_only_new_schedules(model, two_sets, tmp_path):
+    source, target = two_sets
+    kw = dict(config={"minibatch": 4}, log=lambda msg: None, cache_dir=tmp_path)
+    first = lineas_convergence(model, source, target, source, target, schedules=(2,), **kw)
+    assert (tmp_path / "2" / "points.csv").exists()
+    # model=None: a refit would fail, so schedule 2 must come from the cache and only 3 is fitted
+    again = lineas_convergence(None, source, target, source, target, schedules=(2,), **kw)
+    pd.testing.assert_frame_equal(again["lineas_checkpoints"], first["lineas_checkpoints"],
+                                  check_dtype=False)
+    both = lineas_convergence(model, source, target, source, target, schedules=(2, 3), **kw)
+    assert list(both["lineas_checkpoints"].groupby("schedule").size().index) == [2, 3]
+
+
 def test_figures_quick_lineas_convergence(model, tmp_path):
     paths = figures.make_figures(model, tmp_path / "figs", cache=tmp_path / "cache",
                                  only=["lineas_convergence"], size="quick",

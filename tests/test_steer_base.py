@@ -133,3 +133,68 @@ def test_infinite_strength_is_refused_for_unbounded_methods(model, method, bad, 
     with pytest.raises(SteerError, match="must be a finite number, got -?inf"):
         with steered(model, steerer, strength=bad):
             pass
+
+
+def _edited(fitted, tmp_path, edit):
+    """A saved copy of ``fitted`` whose config.json is replaced by ``edit(meta)``."""
+    import json
+    path = fitted.save(tmp_path / "s")
+    meta = json.loads((path / "config.json").read_text())
+    (path / "config.json").write_text(json.dumps(edit(meta)))
+    return path
+
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda m: [m], r"config.json is not a steerinterp steerer \(a JSON list"),
+    (lambda m: {k: v for k, v in m.items() if k != "provenance"},
+     r"config.json: field 'provenance' is missing"),
+    (lambda m: {**m, "config": {**m["config"], "bogus": 1}},
+     r"config.json: unknown field\(s\) \['bogus'\] in the mean_shift config"),
+    (lambda m: {**m, "provenance": {k: v for k, v in m["provenance"].items() if k != "sites"}},
+     "config.json: provenance lacks 'sites'"),
+])
+def test_hand_edited_config_is_named(model, fitted, tmp_path, edit, match):
+    with pytest.raises(SteerError, match=match):
+        load_steerer(_edited(fitted, tmp_path, edit), model)
+
+
+def test_state_with_a_site_removed_is_refused(model, fitted, tmp_path):
+    """Removing one site's tensor and fixing the checksum still does not load."""
+    from steerinterp.io import save_tensors
+    path = fitted.save(tmp_path / "s")
+    tensors = {k: v.detach() for k, v in fitted.tensors.items()}
+    dropped = sorted(tensors)[0]
+    del tensors[dropped]
+    sha = save_tensors(path / "state.safetensors", tensors, {"format": "steerinterp.steerer/1"})
+    import json
+    meta = json.loads((path / "config.json").read_text())
+    meta["state_sha256"] = sha
+    (path / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(SteerError, match=rf"does not match config.json \(missing \['{dropped}'\]"):
+        load_steerer(path, model)
+
+
+def test_other_weights_or_depth_are_refused(fitted):
+    with pytest.raises(SteerError, match="fitted on other weights of 'tiny-gpt2'"):
+        fitted.check_model(tiny_model("gpt2", seed=3))
+    with pytest.raises(SteerError, match="fitted on a 2-layer tiny-gpt2; this one has 3"):
+        fitted.check_model(tiny_model("gpt2", seed=2, n_layers=3))
+
+
+def test_bf16_copy_of_the_same_weights_is_accepted(fitted):
+    fitted.check_model(tiny_model("gpt2", seed=2).to(torch.bfloat16))
+
+
+def test_nested_steered_with_the_same_steerer_is_refused(model, fitted):
+    other = make("mean_shift").fit(model, source=TGT, target=SRC)
+    with steered(model, fitted):
+        with pytest.raises(SteerError, match="already active on the model"):
+            with steered(model, fitted):
+                pass
+        with steered(model, other):  # different steerers compose
+            pass
+    with pytest.raises(SteerError, match="passed twice"):
+        with steered(model, fitted, fitted):
+            pass
+    with steered(model, fitted):  # released after the block, also after the refusals
+        pass

@@ -97,8 +97,8 @@ def test_disk_collection_equals_memory_and_is_reused(tiny_gpt2, texts, tmp_path,
     disk = collect(tiny_gpt2, texts, SITES, batch_size=2, path=tmp_path / "s", progress=False)
     for site in mem.sites:
         assert torch.equal(mem[site], disk[site])
-    assert sorted(p.name for p in (tmp_path / "s").iterdir()) == ["meta.json",
-                                                                  "shard-00000.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "s").iterdir()
+                  if not p.name.startswith(".")) == ["meta.json", "shard-00000.safetensors"]
     monkeypatch.setattr(collect_mod, "_run_batch", lambda *a: pytest.fail("recomputed"))
     again = collect(tiny_gpt2, texts, SITES, batch_size=2, path=tmp_path / "s", progress=False)
     assert torch.equal(again["L1.mlp_out"], mem["L1.mlp_out"])
@@ -204,3 +204,49 @@ def test_summary_table(tiny_gpt2, texts):
     assert list(df.columns) == ["site", "layer", "point", "width", "rows", "mean", "std",
                                 "mean_abs", "nonfinite"]
     assert df["rows"].tolist() == [len(texts)] * 2 and (df["nonfinite"] == 0).all()
+
+
+def test_pooled_store_on_disk_keeps_token_counts(tiny_gpt2, texts, tmp_path):
+    """A healthy pooled store written by collect(path=…) answers .lengths after a reload."""
+    mem = collect(tiny_gpt2, texts, [Site(0, "mlp_out")], pool="mean", progress=False)
+    collect(tiny_gpt2, texts, [Site(0, "mlp_out")], pool="mean", path=tmp_path / "s",
+            progress=False)
+    torch.testing.assert_close(ActivationStore.load(tmp_path / "s").lengths, mem.lengths)
+
+
+def test_a_damaged_part_is_dropped_and_recomputed_at_resume(tiny_gpt2, texts, tmp_path,
+                                                            monkeypatch):
+    real = collect_mod._run_batch
+    calls = []
+
+    def flaky(*args):
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        calls.append(1)
+        return real(*args)
+
+    monkeypatch.setattr(collect_mod, "_run_batch", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        collect(tiny_gpt2, texts, SITES, batch_size=2, path=tmp_path / "s", progress=False)
+    part = tmp_path / "s" / "part-00000.safetensors"
+    part.write_bytes(part.read_bytes()[:-20])  # e.g. a disk that filled up
+    calls.clear()
+    monkeypatch.setattr(collect_mod, "_run_batch", lambda *a: calls.append(1) or real(*a))
+    with pytest.warns(UserWarning, match="dropping part-00000.safetensors and recomputing"):
+        store = collect(tiny_gpt2, texts, SITES, batch_size=2, path=tmp_path / "s",
+                        progress=False)
+    assert len(calls) == 2  # the damaged part and the one never finished
+    ref = collect(tiny_gpt2, texts, SITES, batch_size=2, progress=False)
+    for site in ref.sites:
+        assert torch.equal(store[site], ref[site])
+
+
+def test_a_store_being_written_by_another_process_is_refused(tiny_gpt2, texts, tmp_path):
+    from filelock import FileLock
+    folder = tmp_path / "s"
+    folder.mkdir()
+    (folder / ".writer.pid").write_text("4242")
+    with FileLock(str(folder / ".lock")):  # what the other writer holds
+        with pytest.raises(StoreError, match=r"being written by another process \(pid 4242\)"):
+            collect(tiny_gpt2, texts, SITES, path=folder, progress=False)
+    collect(tiny_gpt2, texts, SITES, path=folder, progress=False)  # free again afterwards

@@ -20,6 +20,7 @@ import torch
 from transformer_lens import HookedTransformer
 
 from ..data import load_texts
+from ..models import same_model
 from ..steer.base import Steerer
 from .auroc_map import AnalysisError, _require, neuron_auroc
 
@@ -190,7 +191,7 @@ def _shared_sites(aura, lineas) -> list:
             raise AnalysisError(f"{role} must be a fitted {'/'.join(want)} steerer, got {got}")
         if not s.fitted:
             raise AnalysisError(f"{role} is not fitted; call .fit() first")
-    if aura.provenance["model"] != lineas.provenance["model"]:
+    if not same_model(aura.provenance["model"], lineas.provenance["model"]):
         raise AnalysisError("the two steerers were fitted on different models "
                             f"({aura.provenance['model'].get('name')} vs "
                             f"{lineas.provenance['model'].get('name')})")

@@ -297,7 +297,8 @@ def _prompt_ids(model: HookedTransformer, prompts: list[str],
     for i, x in enumerate(ids):
         if len(x) > settings.max_prompt_tokens:
             raise ValueError(f"prompt {i} has {len(x)} tokens, more than max_prompt_tokens="
-                             f"{settings.max_prompt_tokens}; shorten it or raise the limit")
+                             f"{settings.max_prompt_tokens}; shorten it or raise the limit "
+                             "(max_prompt_tokens; CLI: --max-prompt-tokens)")
         if len(x) + settings.max_new_tokens > n_ctx:
             raise ValueError(f"prompt {i} has {len(x)} tokens; with max_new_tokens="
                              f"{settings.max_new_tokens} that exceeds the model's context "

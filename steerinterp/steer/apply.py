@@ -21,13 +21,24 @@ def steered(model: HookedTransformer, *steerers: Steerer, strength: float | None
     >>> with steered(model, aura, strength=0.5):
     ...     logits = model("some text")
     """
+    # Steerers active on this model, across nested blocks: one steerer applied twice is a
+    # silent double edit, so it is refused (different steerers compose, as documented).
+    active = model.__dict__.setdefault("_steerinterp_active", set())
     for s in steerers:
         if not isinstance(s, Steerer):
             raise SteerError(f"steered() takes fitted steerers, got {type(s).__name__}")
         s.check_model(model)
+    ids = [id(s) for s in steerers]
+    if len(set(ids)) < len(ids) or active & set(ids):
+        raise SteerError("this steerer is already active on the model (nested steered() or "
+                         "passed twice); it would be applied twice")
     hooks = []
     for s in steerers:
         s.to(model.cfg.device)  # tensors follow the model, CPU or GPU
         hooks.extend(s.fwd_hooks(strength))
-    with model.hooks(fwd_hooks=hooks):
-        yield model
+    active.update(ids)
+    try:
+        with model.hooks(fwd_hooks=hooks):
+            yield model
+    finally:
+        active.difference_update(ids)

@@ -230,7 +230,8 @@ class Steerer(nn.Module):
         sha = save_tensors(path / "state.safetensors", tensors, {"format": FORMAT})
         write_json(path / "config.json", {
             "format": FORMAT, "method": self.method, "config": asdict(self.config),
-            "provenance": self.provenance, "extra": self.extra_state(), "state_sha256": sha})
+            "provenance": self.provenance, "extra": self.extra_state(), "state_sha256": sha,
+            "tensors": sorted(tensors)})
         return path
 
 
@@ -239,23 +240,62 @@ def load_steerer(path: str | Path, model: HookedTransformer | None = None) -> St
     ``model`` when given."""
     path = Path(path)
     meta = read_json(path / "config.json", "steerer config")
+    if not isinstance(meta, dict):
+        raise SteerError(f"{path}/config.json is not a steerinterp steerer (a JSON "
+                         f"{type(meta).__name__}, not an object)")
     if meta.get("format") != FORMAT or meta.get("method") not in REGISTRY:
         raise SteerError(f"{path}/config.json is not a steerinterp steerer "
                          f"(format {meta.get('format')!r}, method {meta.get('method')!r})")
     cls = REGISTRY[meta["method"]]
-    config = dict(meta["config"])
-    if config.get("sites") is not None:
-        config["sites"] = tuple(config["sites"])
-    steerer = cls(cls.Config(**config))
+    steerer = cls(_config_from(cls, meta, path))
     tensors = load_tensors(path / "state.safetensors", meta.get("state_sha256"), "steerer state")
     for key, value in tensors.items():
         steerer.tensors[key] = nn.Parameter(value, requires_grad=False)
     steerer.provenance = meta["provenance"]
     steerer.load_extra_state(meta.get("extra", {}))
-    _check_widths(steerer, path)
+    _check_state(steerer, meta, path)
     if model is not None:
         steerer.check_model(model)
     return steerer
+
+
+def _config_from(cls: type[Steerer], meta: dict, path: Path) -> SteerConfig:
+    """The method's Config from ``config.json``, naming the field a hand edit broke."""
+    for field_name, kind in (("config", dict), ("provenance", dict)):
+        if not isinstance(meta.get(field_name), kind):
+            raise SteerError(f"{path}/config.json: field {field_name!r} is missing or not an "
+                             "object")
+    for field_name in ("sites", "widths"):
+        if not isinstance(meta["provenance"].get(field_name), (list, dict)):
+            raise SteerError(f"{path}/config.json: provenance lacks {field_name!r}")
+    config = dict(meta["config"])
+    known = {f.name for f in dataclasses.fields(cls.Config)}
+    unknown = sorted(set(config) - known)
+    if unknown:
+        raise SteerError(f"{path}/config.json: unknown field(s) {unknown} in the "
+                         f"{cls.method} config; known: {', '.join(sorted(known))}")
+    if config.get("sites") is not None:
+        config["sites"] = tuple(config["sites"])
+    try:
+        return cls.Config(**config)
+    except (TypeError, ValueError, SteerError) as e:
+        raise SteerError(f"{path}/config.json: bad {cls.method} config: {e}") from None
+
+
+def _check_state(steerer: Steerer, meta: dict, path: Path) -> None:
+    """The state holds exactly the tensors ``config.json`` lists (older files: at least one
+    per site), each of its site's width."""
+    listed = meta.get("tensors")
+    have = set(steerer.tensors)
+    if listed is not None and set(listed) != have:
+        missing, extra = sorted(set(listed) - have), sorted(have - set(listed))
+        raise SteerError(f"{path}: state.safetensors does not match config.json "
+                         f"(missing {missing}, unexpected {extra})")
+    bare = [s for s in steerer.provenance["sites"]
+            if not any(k.startswith(Steerer._key(Site.parse(s), "")) for k in have)]
+    if bare and listed is None:
+        raise SteerError(f"{path}: state.safetensors has no tensor for site(s) {bare}")
+    _check_widths(steerer, path)
 
 
 def _check_widths(steerer: Steerer, path: Path) -> None:

@@ -41,6 +41,7 @@ from ..collection import collect, validate_lengths, validate_texts
 from ..sites import Site
 from ..store import ActivationStore
 from ..tokens import token_ids
+from ..models import same_model
 from ..train import (DEFAULT_LR, TrainSettings, group_soft_threshold, plateau, recipe_problem,
                      resolve_batch, soft_threshold, train, w2_matched)
 from .affine import AffineSteerer
@@ -233,7 +234,8 @@ class Lineas(AffineSteerer):
 
     def compose(self, other: Lineas) -> Lineas:
         """``T_other ∘ T_self`` per site (LinEAS App. J); sites of either, identity elsewhere."""
-        if not isinstance(other, Lineas) or other.provenance["model"] != self.provenance["model"]:
+        if not isinstance(other, Lineas) or not same_model(other.provenance["model"],
+                                                            self.provenance["model"]):
             raise SteerError("compose() needs another lineas steerer fitted on the same model")
         out = self._like(self)
         sites = sorted(set(self.sites) | set(other.sites))
