@@ -35,9 +35,11 @@ test: cache
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"
 
-# The main job: fit every method on the embedded model, evaluate, write results/run/.../report.md
+# The main job at watching size (AurA, mean shift, Linear-AcT, LinEAS, DSAS): progress with an
+# ETA, then the results table; results/demo/gemma-3-270m-demo/report.md. `steerinterp run` is
+# the full default size.
 demo: cache
-	$(BIN)/steerinterp run
+	$(BIN)/steerinterp demo
 
 bench: cache
 	mkdir -p results

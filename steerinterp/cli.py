@@ -86,16 +86,19 @@ def collect_cmd(
 
 
 @app.command()
-def demo(model: str = MODEL, n: int = typer.Option(64, help="Texts per set."),
-         out: Path = typer.Option(Path("results/demo"), help="Where the stores go."),
-         device: str = DEVICE) -> None:
-    """Collect toxic and Wikipedia stores on the default model and show where they differ."""
-    from .demo import run_demo
+def contrast(model: str = MODEL, n: int = typer.Option(64, help="Texts per set."),
+             fit_set: str = typer.Option("continuations", help="Fit-set kind (`steerinterp "
+                                         "sets`); tiny random models need 'wiki'."),
+             out: Path = typer.Option(Path("results/contrast"), help="Where the stores go."),
+             device: str = DEVICE) -> None:
+    """Collect stores of the toxicity fit sets (toxic vs clean continuations) at the Linear-AcT
+    sites and show, per site, how far apart they are."""
+    from .contrast import run_contrast
 
     m = _load(model, device)
-    table = run_demo(m, n=n, out=out)
+    table = run_contrast(m, n=n, out=out, kind=fit_set)
     _print_frame(table, f"{m.cfg.model_name}: mean-pooled activations, {n} toxic vs {n} "
-                        "Wikipedia texts (length-matched)")
+                        f"clean texts ({fit_set} fit sets)")
     console().print(f"stores: {out}")
 
 

@@ -123,6 +123,49 @@ def run(
 
 
 @app.command()
+def demo(
+    model: str = MODEL,
+    out: Path = typer.Option(None, "--out", "-o", help="Results folder (default: "
+                                                       "results/demo/<model>-<size>)."),
+    seed: int = typer.Option(0, help="Seed for the fit/eval draws and sampling."),
+    size: str = typer.Option("demo", help="Job size (`run --help`); smoke for a tiny model."),
+    fit_set: str = typer.Option("continuations", help="Toxicity fit sets (tiny random models "
+                                                      "need 'wiki')."),
+    device: str = DEVICE,
+) -> None:
+    """The main job at watching size (what `make demo` runs): AurA, mean shift, Linear-AcT,
+    LinEAS and DSAS over Linear-AcT, fitted on 32 + 32 texts, each evaluated at λ = 1 and at
+    the λ calibrated to +5% PPL; prints the results table. Resumes like `run`."""
+    from .evaluate.job import DEMO_METHODS, JobSpec, run_job
+    from .io import ensure_writable_dir
+
+    spec = JobSpec(model=model, size=size, methods=DEMO_METHODS, seed=seed, fit_set=fit_set)
+    out = out or Path("results/demo") / f"{model.replace('/', '_')}-{size}"
+    ensure_writable_dir(out)
+    m = _load(model, device)
+    frame = run_job(m, spec, out, log=_log, progress=False)
+    _print_frame(results_table(frame), f"{model} ({size}, seed {seed}): held-out prompts")
+    console().print(f"report: {out / 'report.md'}")
+
+
+def results_table(frame):
+    """The run's frame as the terminal shows it: method, λ, toxic %, mean score ± SE, PPL,
+    ΔPPL and zero-shot accuracy (when measured)."""
+    import pandas as pd
+
+    t = pd.DataFrame({"method": frame["method"],
+                      "λ": ["" if x != x else f"{x:.3g}" for x in frame["strength"]],
+                      "toxic %": (100 * frame["toxic_share"]).round(1),
+                      "mean score": [f"{m:.3f} ± {e:.3f}" for m, e in
+                                     zip(frame["mean_score"], frame["mean_score_se"])],
+                      "PPL": frame["ppl"].round(2),
+                      "ΔPPL": [f"{d:+.1%}" if d == d else "" for d in frame["delta_ppl_rel"]]})
+    if "accuracy" in frame and frame["accuracy"].notna().any():
+        t["accuracy"] = (100 * frame["accuracy"]).round(1)
+    return t
+
+
+@app.command()
 def figures(
     model: str = MODEL,
     size: str = typer.Option("default", help="quick (tests, tiny models) | default (the "

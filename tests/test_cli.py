@@ -54,12 +54,12 @@ def test_sets_lists_builtin_sets():
     assert result.exit_code == 0 and "toxic_prompts" in result.output
 
 
-def test_demo_prints_a_real_comparison(tmp_path):
-    result = runner.invoke(app, ["demo", "--model", "tiny-gpt2", "--n", "6", "--out",
-                                 str(tmp_path)], env={"COLUMNS": "200"})
+def test_contrast_prints_a_real_comparison(tmp_path):
+    result = runner.invoke(app, ["contrast", "--model", "tiny-gpt2", "--n", "6", "--fit-set",
+                                 "wiki", "--out", str(tmp_path)], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     assert "L1.ln2" in result.output and "mean_abs_d" in result.output
-    assert (tmp_path / "tiny-gpt2" / "toxic-6" / "meta.json").exists()
+    assert (tmp_path / "tiny-gpt2" / "wiki-toxic-6" / "meta.json").exists()
 
 
 def test_bench_steer_auroc_lineas_on_tiny_model(tmp_path):

@@ -51,11 +51,13 @@ CLI_SMALL = {
               "--new-tokens", "3"],
     "run": ["--model", "tiny-gpt2", "--size", "smoke", "--methods", "mean_shift", "--fit-set",
             "wiki"],
+    "demo": ["--model", "tiny-gpt2", "--size", "smoke", "--fit-set", "wiki"],
+    "contrast": ["--model", "tiny-gpt2", "--fit-set", "wiki"],
     "figures": ["--model", "tiny-gpt2", "--size", "quick", "--only", "auroc", "-o", "figs"],
 }
 # The tiny model's tokenizer is byte-level with a 128-token context: the built-in prompts
 # (up to 38 gemma tokens, ~150 characters) do not fit, so prompts come from a short file.
-CLI_SUBS = [("--n 64", "--n 8"), ("--prompts builtin:toxic_prompts --n 8",
+CLI_SUBS = [("--n 64", "--n 8"), ("--n 32", "--n 6"), ("--prompts builtin:toxic_prompts --n 8",
                                   "--prompts prompts.txt")]
 PROMPTS = "You are such a\nI can't stand\nWhat a stupid\n"
 

@@ -142,3 +142,35 @@ def test_fit_and_eval_sets_are_disjoint(model, fit_set):
     assert not set(data.source) & set(data.prompts)
     assert not set(data.ppl_texts) & set(data.calib_texts)
     assert not set(data.target) & (set(data.ppl_texts) | set(data.calib_texts) | set(data.control))
+
+
+def test_stage_clock_counts_stages_and_prices_the_rest():
+    from steerinterp.evaluate.progress import StageClock
+
+    lines = []
+    clock = StageClock({"fit": 2, "evaluate": 3}, log=lines.append)
+    with clock.stage("evaluate", "unsteered"):
+        pass
+    clock.times["evaluate"][-1] = 10.0  # pretend the first evaluation took 10 s
+    with clock.stage("fit", "a: fitting"):
+        pass
+    clock.skip("evaluate")
+    with clock.stage("evaluate", "a: λ = 1"):
+        pass
+    assert lines[0].startswith("[run 1/5, 0s] unsteered")  # no ETA before a stage is timed
+    assert "ETA ~40s] a: fitting" in lines[1]  # 2 fits + 2 evaluations at the 10 s mean
+    assert lines[2].startswith("[run 3/4,")  # a skipped stage leaves the plan
+
+
+def test_demo_command_prints_the_results_table(tmp_path):
+    from typer.testing import CliRunner
+
+    from steerinterp.cli import app
+
+    result = CliRunner().invoke(app, ["demo", "--model", "tiny-gpt2", "--size", "smoke",
+                                      "--fit-set", "wiki", "-o", str(tmp_path)],
+                                env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    for name in (*job.DEMO_METHODS, "toxic %", "mean score", "ΔPPL", "report.md"):
+        assert name in result.output, name
+    assert "ETA ~" in result.output

@@ -28,6 +28,7 @@ from ..tokens import token_ids
 from .generation import PRESETS, GenerationSettings, settings_for
 from .harness import BASELINE, EvalSettings, Evaluation, compare, evaluate
 from .perplexity import perplexity
+from .progress import StageClock
 from .sweep import calibrate
 
 
@@ -51,6 +52,10 @@ class JobSize:
 SIZES = {
     "smoke": JobSize(n_fit=12, n_prompts=6, samples=1, new_tokens=6, n_ppl=6, n_calib=6,
                      lineas_steps=3, det0_experts=16),
+    # `steerinterp demo` / `make demo`: the seed methods at LinEAS's low-data size (N = 32),
+    # small enough to watch (README: measured time).
+    "demo": JobSize(n_fit=32, n_prompts=48, samples=1, new_tokens=20, n_ppl=32, n_calib=16,
+                    lineas_steps=60, det0_experts=256, utility_n=30),
     "default": JobSize(n_fit=64, n_prompts=100, samples=2, new_tokens=20, n_ppl=64,
                        n_calib=24, lineas_steps=60, det0_experts=256, utility_n=100),
     # LinEAS's low-data regime (N = 32, 1000 steps); AcT fits on more: 200 per side (the
@@ -59,6 +64,9 @@ SIZES = {
     "paper": JobSize(n_fit=200, n_prompts=497, samples=2, new_tokens=32, n_ppl=2000,
                      n_calib=500, lineas_steps=1000, det0_experts=256, utility_n=300),
 }
+
+# What `steerinterp demo` runs: the methods the project is about, and mean shift for scale.
+DEMO_METHODS = ("aura", "mean_shift", "linear_act", "lineas", "dsas+linear_act")
 
 # Generation protocols of the run: ``default`` takes its tokens and samples from the size;
 # ``act`` is AcT's RTP protocol (METHODS.md §4.5) whole: 32 tokens, top-p 0.3, repetition
@@ -238,19 +246,23 @@ def run_job(model: HookedTransformer, spec: JobSpec, out: str | Path, fresh: boo
     kw = dict(prompts=data.prompts, ppl_texts=data.ppl_texts, settings=settings,
               progress=progress)
     t0 = time.perf_counter()
-    log(f"[run] {spec.model}, size {spec.size}: evaluating the unsteered model")
-    evals = [evaluate(model, condition=BASELINE, folder=out / "conditions" / BASELINE, **kw)]
+    k = len(spec.methods)
+    clock = StageClock({"evaluate": 1 + k * (2 if spec.ppl_budget is not None else 1),
+                        "fit": k, "calibrate": k if spec.ppl_budget is not None else 0}, log)
+    with clock.stage("evaluate", f"{spec.model}, size {spec.size}: the unsteered model"):
+        evals = [evaluate(model, condition=BASELINE, folder=out / "conditions" / BASELINE, **kw)]
     rows = [{"condition": BASELINE, "method": BASELINE, "sites": "", "rule": "",
              "fit_seconds": 0.0}]
     fitted: dict[str, Steerer] = {}
     for name in spec.methods:
-        log(f"[run] {name}: fitting ({time.perf_counter() - t0:.0f} s so far)")
-        steerer = fitted[name] = fit_or_load(model, name, spec, data, fitted, out / "steerers")
-        for lam, rule in _strengths(model, name, steerer, spec, data, out, log):
+        with clock.stage("fit", f"{name}: fitting"):
+            steerer = fitted[name] = fit_or_load(model, name, spec, data, fitted,
+                                                 out / "steerers")
+        for lam, rule in _strengths(model, name, steerer, spec, data, out, log, clock):
             cond = f"{name}@{lam:.3g}"
-            log(f"[run] {name}: evaluating at λ = {lam:.3g} ({rule})")
-            evals.append(evaluate(model, steerer, strength=lam, condition=cond,
-                                  folder=out / "conditions" / cond, **kw))
+            with clock.stage("evaluate", f"{name}: evaluating at λ = {lam:.3g} ({rule})"):
+                evals.append(evaluate(model, steerer, strength=lam, condition=cond,
+                                      folder=out / "conditions" / cond, **kw))
             rows.append({"condition": cond, "method": name, "rule": rule,
                          "sites": site_spec(steerer.sites, model.cfg.n_layers),
                          "fit_seconds": steerer.provenance.get("fit_seconds", float("nan"))})
@@ -269,17 +281,20 @@ def generation_settings(model: HookedTransformer, spec: JobSpec) -> GenerationSe
 
 
 def _strengths(model: HookedTransformer, name: str, steerer: Steerer, spec: JobSpec,
-               data: JobData, out: Path, log) -> list[tuple[float, str]]:
+               data: JobData, out: Path, log, clock: StageClock) -> list[tuple[float, str]]:
     """The default λ, and the calibrated one when a budget is set and it differs."""
     lam = default_strength(steerer)
     chosen = [(lam, "default")]
     if spec.ppl_budget is None:
         return chosen
-    cal = _calibration(model, steerer, spec, data, out / "calibration" / name)
+    with clock.stage("calibrate", f"{name}: calibrating λ to +{spec.ppl_budget:.0%} PPL"):
+        cal = _calibration(model, steerer, spec, data, out / "calibration" / name)
     log(f"[run]   calibrated: λ = {cal['strength']:.3g} "
         f"({cal['delta_ppl_rel']:+.1%} PPL on calibration text)")
     if abs(cal["strength"] - lam) > 1e-3 * max(1.0, abs(lam)):
         chosen.append((cal["strength"], f"PPL ≤ +{spec.ppl_budget:.0%}"))
+    else:
+        clock.skip("evaluate")
     return chosen
 
 
@@ -323,4 +338,4 @@ def _calibration(model: HookedTransformer, steerer: Steerer, spec: JobSpec, data
     return result
 
 
-__all__ = ["JobSize", "JobSpec", "METHODS", "SIZES", "Evaluation", "run_job"]
+__all__ = ["DEMO_METHODS", "JobSize", "JobSpec", "METHODS", "SIZES", "Evaluation", "run_job"]

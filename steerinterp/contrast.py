@@ -1,4 +1,5 @@
-"""The demo job until the evaluation harness exists: collect and compare two real stores."""
+"""``steerinterp contrast``: collect the two sides of the toxicity fit sets and show, per site,
+how far apart their activations are (the first look before fitting anything)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import torch
 from transformer_lens import HookedTransformer
 
 from .collection import collect
-from .data import length_match, load_texts
+from .fitsets import DEFAULT_KIND, toxicity_fit_sets
 from .sites import default_sites
 from .store import ActivationStore
 
@@ -35,13 +36,14 @@ def compare_stores(a: ActivationStore, b: ActivationStore) -> pd.DataFrame:
 
 
 @torch.inference_mode()
-def run_demo(model: HookedTransformer, n: int = 64, out: Path | str = "results/demo",
-             max_tokens: int = 64) -> pd.DataFrame:
-    """Collect ``n`` toxic and ``n`` Wikipedia texts (length-matched) at the default AcT sites."""
-    toxic, wiki = length_match(model, load_texts("toxic", n=n), load_texts("wiki_target", n=n))
+def run_contrast(model: HookedTransformer, n: int = 64, out: Path | str = "results/contrast",
+                 kind: str = DEFAULT_KIND, max_tokens: int = 64) -> pd.DataFrame:
+    """Collect the ``n`` + ``n`` toxicity fit texts of ``kind`` (``fitsets``) at the
+    Linear-AcT sites and compare them with :func:`compare_stores`."""
+    toxic, clean = toxicity_fit_sets(model, n=n, kind=kind)
     sites = default_sites(model, "linear_act")
     out = Path(out) / model.cfg.model_name.replace("/", "_")
-    src = collect(model, toxic, sites, max_tokens=max_tokens, path=out / f"toxic-{n}")
-    tgt = collect(model, wiki, sites, max_tokens=max_tokens, path=out / f"wiki_target-{n}")
+    src = collect(model, toxic, sites, max_tokens=max_tokens, path=out / f"{kind}-toxic-{n}")
+    tgt = collect(model, clean, sites, max_tokens=max_tokens, path=out / f"{kind}-clean-{n}")
     table = compare_stores(src, tgt)
-    return table.rename(columns={"mean_abs_a": "toxic_mean_abs", "mean_abs_b": "wiki_mean_abs"})
+    return table.rename(columns={"mean_abs_a": "toxic_mean_abs", "mean_abs_b": "clean_mean_abs"})
