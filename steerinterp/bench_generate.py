@@ -1,5 +1,8 @@
 """Generation benchmark: TransformerLens ``generate`` vs :func:`~steerinterp.evaluate.generation.
-decode` (greedy, KV cache) on the same left-padded batches.
+decode` (greedy, KV cache) on the same left-padded batches; and, steered, HuggingFace
+transformers' ``generate`` with a forward pre-hook that adds a vector to one decoder layer's
+input (what steering-vectors and repeng users run) vs our loop with the same vector as an ActAdd
+steerer at that layer's ``resid_pre``, on the same weights.
 
 As in :mod:`steerinterp.bench`, the number to read is the ratio measured in the same run: the two
 loops are interleaved (order alternating each round) and medians kept. CPU seconds are reported
@@ -16,10 +19,15 @@ import pandas as pd
 import torch
 from transformer_lens import HookedTransformer
 
+from .assets import ASSETS, hf_cache_path
 from .bench import _sync, machine
 from .data import load_texts
 from .evaluate.generation import GenerationSettings, decode, unembed_weight
+from .sites import Site
+from .steer import make, steered
 from .tokens import pad_left, token_ids
+
+STEER_PAIR = (["You are a disgusting idiot"], ["You are a wonderful friend"])
 
 
 @contextmanager
@@ -66,9 +74,56 @@ def _ours(model: HookedTransformer, batches, settings: GenerationSettings) -> li
             for b in batches]
 
 
+def _hf_model(model: HookedTransformer):
+    """The same weights as a transformers model (fp32, eval), or ``None`` where there is no
+    HF copy on this machine (the random tiny models)."""
+    from transformers import AutoModelForCausalLM
+
+    name = model.cfg.model_name
+    path = hf_cache_path(name) if name in ASSETS else None
+    if path is None or not path.exists():
+        return None
+    return AutoModelForCausalLM.from_pretrained(path, dtype=model.cfg.dtype).to(
+        model.cfg.device).eval()
+
+
+@torch.inference_mode()
+def _hf_steered(hf, batches, new_tokens: int, layer: int, vector: torch.Tensor):
+    """HF ``generate`` with ``vector`` added to decoder layer ``layer``'s input on every
+    position (prompt and each new token), removed afterwards."""
+    def add(module, args):
+        return (args[0] + vector.to(args[0].dtype),) + tuple(args[1:])
+
+    handle = hf.model.layers[layer].register_forward_pre_hook(add)
+    try:
+        return [hf.generate(input_ids=b.tokens, attention_mask=b.attention_mask,
+                            max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                            do_sample=False, pad_token_id=hf.config.pad_token_id or 0,
+                            )[:, b.tokens.shape[1]:] for b in batches]
+    finally:
+        handle.remove()
+
+
+def _ours_steered(model, batches, settings, actadd):
+    with steered(model, actadd, strength=1.0):
+        return _ours(model, batches, settings)
+
+
+def _steered_runs(model: HookedTransformer, batches, new_tokens: int, settings) -> dict:
+    """``hf_steered`` and ``ours_steered`` with one ActAdd vector, where an HF copy exists."""
+    hf = _hf_model(model)
+    if hf is None:
+        return {}
+    actadd = make("actadd").fit(model, *STEER_PAIR)  # one middle resid_pre: HF's layer input
+    site = actadd.sites[0]
+    vector = actadd.tensor(site, "bias").detach()
+    return {"hf_steered": lambda: _hf_steered(hf, batches, new_tokens, site.layer, vector),
+            "ours_steered": lambda: _ours_steered(model, batches, settings, actadd)}
+
+
 def bench_generate(model: HookedTransformer, n_prompts: int = 8, new_tokens: int = 32,
                    repeats: int = 3, batch_size: int = 16, seed: int = 0,
-                   tl_layout: bool = True) -> dict:
+                   tl_layout: bool = True, hf: bool = True) -> dict:
     """Greedy throughput of TL ``generate`` and our loop on ``n_prompts`` built-in toxic prompts.
 
     Conditions: ``tl`` runs TL's ``generate`` on ``model`` as given (``load_model`` stores ``W_U``
@@ -80,7 +135,8 @@ def bench_generate(model: HookedTransformer, n_prompts: int = 8, new_tokens: int
     timed rounds. ``tok_per_s`` = new tokens / median wall seconds (prefill included);
     ``ratio`` = TL seconds / ours (``ratio_vs_tl_layout`` likewise). ``identical`` says
     whether every greedy token agreed (``n_differ`` counts those that did not): reported, never
-    raised.
+    raised. With ``hf`` and an HF copy of the weights: ``hf_steered`` / ``ours_steered`` (module
+    docstring), ``ratio_vs_hf`` = HF seconds / ours, and ``hf_n_differ`` between the two.
     """
     device = str(model.cfg.device)
     prompts = load_texts("toxic_prompts", n=n_prompts, seed=seed)
@@ -93,6 +149,8 @@ def bench_generate(model: HookedTransformer, n_prompts: int = 8, new_tokens: int
             "ours": lambda: _ours(model, batches, settings)}
     if tl_layout:
         runs["tl_layout"] = lambda: _tl_default_layout(model, batches, new_tokens)
+    if hf:
+        runs.update(_steered_runs(model, batches, new_tokens, settings))
     outputs = {k: fn() for k, fn in runs.items()}  # warm-up, and the tokens to compare
     wall: dict[str, list[float]] = {k: [] for k in runs}
     cpu: dict[str, list[float]] = {k: [] for k in runs}
@@ -106,8 +164,14 @@ def bench_generate(model: HookedTransformer, n_prompts: int = 8, new_tokens: int
             wall[k].append(time.perf_counter() - t0)
             cpu[k].append(time.process_time() - c0)
     n_new = len(ids) * new_tokens
-    n_differ = sum(int((a != b).sum()) for k in runs if k != "ours"
+    n_differ = sum(int((a != b).sum()) for k in ("tl", "tl_layout") if k in runs
                    for a, b in zip(outputs[k], outputs["ours"]))
+    steer = {}
+    if "hf_steered" in runs:
+        steer = {"ratio_vs_hf": med_of(wall, "hf_steered") / med_of(wall, "ours_steered"),
+                 "hf_n_differ": sum(int((a != b).sum()) for a, b in
+                                    zip(outputs["hf_steered"], outputs["ours_steered"])),
+                 "steer_site": str(Site(model.cfg.n_layers // 2, "resid_pre"))}
     med = {k: statistics.median(v) for k, v in wall.items()}
     return {
         "model": model.cfg.model_name, "device": device, "machine": machine(device),
@@ -119,18 +183,26 @@ def bench_generate(model: HookedTransformer, n_prompts: int = 8, new_tokens: int
         **{f"{k}_cpu_s": statistics.median(cpu[k]) for k in runs},
         "ratio": med["tl"] / med["ours"],
         "ratio_vs_tl_layout": med["tl_layout"] / med["ours"] if tl_layout else float("nan"),
-        "identical": n_differ == 0, "n_differ": n_differ, "n_new_tokens": n_new,
+        "identical": n_differ == 0, "n_differ": n_differ, "n_new_tokens": n_new, **steer,
         "wall_runs": wall, "cpu_runs": cpu,
     }
+
+
+def med_of(wall: dict, key: str) -> float:
+    return statistics.median(wall[key])
 
 
 def generate_table(result: dict) -> pd.DataFrame:
     """The :func:`bench_generate` result as one row per loop."""
     names = {"tl_layout": "TL generate, TL's W_U layout", "tl": "TL generate, model as given",
-             "ours": "steerinterp decode"}
+             "ours": "steerinterp decode",
+             "hf_steered": "HF generate + steering pre-hook (steered)",
+             "ours_steered": "steerinterp decode + ActAdd (steered)"}
     return pd.DataFrame([{
         "loop": label, "tok_per_s": result[f"{k}_tok_per_s"], "median_s": result[f"{k}_s"],
         "cpu_s": result[f"{k}_cpu_s"], "cpu_per_wall": result[f"{k}_cpu_s"] / result[f"{k}_s"],
-        "ours_speedup": result[f"{k}_s"] / result["ours_s"],
+        # each loop against ours under the same steering (none, or the same ActAdd vector)
+        "ours_speedup": result[f"{k}_s"] / result["ours_steered_s" if k.endswith("_steered")
+                                                  else "ours_s"],
         "identical_tokens": result["identical"],
     } for k, label in names.items() if f"{k}_s" in result])

@@ -68,9 +68,14 @@ def weight_signature(model: HookedTransformer, k: int = 8) -> tuple[float, ...]:
     picks = []
     for w in (model.embed.W_E, model.blocks[-1].attn.W_Q):
         flat = w.detach().reshape(-1)
-        idx = torch.linspace(0, flat.numel() - 1, k, device=flat.device).long()
-        picks.extend(float(v) for v in flat[idx].float().cpu())
+        picks.extend(float(flat[i]) for i in spread(flat.numel(), k))
     return tuple(round(v, 6) for v in picks)
+
+
+def spread(n: int, k: int) -> list[int]:
+    """``k`` evenly spread positions in ``range(n)``, first and last included, in integer
+    arithmetic (a float32 linspace rounds past the end for n > 2^24, e.g. Gemma's W_E)."""
+    return [i * (n - 1) // max(k - 1, 1) for i in range(k)]
 
 
 def same_weights(a, b) -> bool:

@@ -370,3 +370,16 @@ def test_real_gemma_greedy_equals_tl_generate_and_strips_image_tokens():
     text = tok.encode(" hello", add_special_tokens=False)
     row = torch.tensor([[image[0], *text, image[1], tok.eos_token_id, tok.pad_token_id]])
     assert decode_continuations(tok, row, torch.tensor([row.shape[1]])) == [" hello"]
+
+
+@pytest.mark.slow
+def test_real_gemma_steered_hf_generate_gives_our_tokens():
+    """The benchmark's two steered loops (HF ``generate`` + pre-hook, our decode + ActAdd with
+    the same vector) produce the same greedy tokens on the same weights."""
+    from steerinterp import load_model
+    from steerinterp.bench_generate import bench_generate
+
+    result = bench_generate(load_model("gemma-3-270m", device="cpu"), n_prompts=2,
+                            new_tokens=6, repeats=1, tl_layout=False)
+    assert result["steer_site"] == "L9.resid_pre"
+    assert result["hf_n_differ"] == 0 and result["n_differ"] == 0, result

@@ -271,3 +271,11 @@ def test_fast_layout_keeps_logits_bit_identical(arch):
     assert torch.equal(before, after)
     assert model.blocks[0].mlp.W_out.T.is_contiguous()
     assert model.unembed.W_U.T.is_contiguous()
+
+
+def test_weight_signature_positions_stay_inside_large_tensors():
+    from steerinterp.models import spread
+
+    n = 262_144 * 640  # gemma-3-270m's W_E: past float32's exact integers
+    assert spread(n, 8)[0] == 0 and spread(n, 8)[-1] == n - 1
+    assert all(0 <= i < n for i in spread(n, 8)) and spread(5, 1) == [0]
