@@ -11,7 +11,7 @@ import torch
 from transformer_lens import HookedTransformer
 
 from .bench import _sync, machine
-from .data import length_match, load_texts
+from .fitsets import DEFAULT_KIND, toxicity_fit_sets
 from .sites import default_sites
 from .steer import make, steered
 from .tokens import pad_left, token_ids
@@ -28,12 +28,19 @@ def _plain_step(model: HookedTransformer, ids: list[list[int]], stop: int) -> No
 
 
 def bench_lineas(model: HookedTransformer, n: int = 32, repeats: int = 5,
-                 max_tokens: int = 64) -> dict:
+                 max_tokens: int = 64, fit_set: str = DEFAULT_KIND) -> dict:
     """Median seconds of one LinEAS step with the default recipe (steered forward with
     pooling, W2 loss against every target sample, backward, optimiser step + prox; each timed
     call also builds the optimiser and sorts the targets once) vs plain forward + backward
-    through the same blocks, interleaved."""
-    toxic, wiki = length_match(model, load_texts("toxic", n=n), load_texts("wiki_target", n=n))
+    through the same blocks, interleaved, on ``n`` + ``n`` toxicity fit texts of ``fit_set``.
+
+    ``converged_min``: the step time × the schedule that matches the reference's 1000 steps
+    (:data:`~steerinterp.evaluate.job.LINEAS_CONVERGED`, measured on gemma-3-270m), i.e. the
+    wall time to a converged fit; ``est_1000_steps_min`` the reference schedule's."""
+    from .evaluate.job import LINEAS_CONVERGED
+
+    toxic, wiki = toxicity_fit_sets(model, n=n, kind=fit_set, progress=False,
+                                    log=lambda msg: None)
     sites = default_sites(model, "lineas")
     lineas = make("lineas", steps=1, max_tokens=max_tokens).fit(model, source=toxic, target=wiki)
     ids = token_ids(model, toxic, max_tokens)
@@ -63,4 +70,6 @@ def bench_lineas(model: HookedTransformer, n: int = 32, repeats: int = 5,
             "n_params": sum(p.numel() for p in params), "repeats": repeats,
             **{f"{k}_s": v for k, v in med.items()},
             "ratio": med["lineas_step"] / med["forward_backward"],
-            "est_1000_steps_min": med["lineas_step"] * 1000 / 60}
+            "est_1000_steps_min": med["lineas_step"] * 1000 / 60, "fit_set": fit_set,
+            "converged_steps": LINEAS_CONVERGED,
+            "converged_min": med["lineas_step"] * LINEAS_CONVERGED / 60}

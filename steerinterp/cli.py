@@ -173,12 +173,14 @@ def bench_auroc_cmd(
 def bench_lineas_cmd(
     model: str = MODEL, n: int = typer.Option(32, help="Source (= target) texts per step."),
     repeats: int = typer.Option(5), device: str = DEVICE,
+    fit_set: str = typer.Option("continuations", help="Fit-set kind (tiny models: wiki)."),
     out: Path = typer.Option(None, help="Also write the result as JSON here."),
 ) -> None:
-    """One LinEAS training step vs the model's own forward + backward on the same batch."""
+    """One LinEAS training step vs the model's own forward + backward on the same batch, and
+    the wall time to a converged fit (the measured schedule × the step)."""
     from .bench_train import bench_lineas
 
-    result = bench_lineas(_load(model, device), n=n, repeats=repeats)
+    result = bench_lineas(_load(model, device), n=n, repeats=repeats, fit_set=fit_set)
     _print_dict(result, "bench lineas")
     if out is not None:
         from .io import write_json

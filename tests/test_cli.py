@@ -76,9 +76,11 @@ def test_bench_steer_auroc_lineas_on_tiny_model(tmp_path):
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "auroc.json").read_text())["max_abs_diff"] < 1e-6
     result = runner.invoke(app, ["bench", "lineas", "--model", "tiny-gemma", "--n", "4",
-                                 "--repeats", "1", "--out", str(tmp_path / "lineas.json")])
+                                 "--repeats", "1", "--fit-set", "wiki",
+                                 "--out", str(tmp_path / "lineas.json")])
     assert result.exit_code == 0, result.output
-    assert json.loads((tmp_path / "lineas.json").read_text())["ratio"] > 0
+    bench = json.loads((tmp_path / "lineas.json").read_text())
+    assert bench["ratio"] > 0 and bench["converged_min"] > 0 and bench["converged_steps"] == 250
 
 
 @pytest.mark.parametrize("args, says", [
