@@ -98,3 +98,14 @@ def test_cli_figures_logs_progress_and_redraws_from_cache(made):
     fresh = CliRunner().invoke(app, args[:-4] + ["--cache", str(root / "c2"), "--out",
                                                  str(root / "cli2")])
     assert fresh.exit_code == 0 and "[figures] computing auroc" in fresh.output
+
+
+def test_figures_help_names_every_registered_analysis():
+    from typer.testing import CliRunner
+
+    from steerinterp.cli import app
+
+    text = " ".join(CliRunner().invoke(app, ["figures", "--help"],
+                                       env={"COLUMNS": "300"}).output.split())
+    missing = [name for name in figures.ANALYSES if name not in text]
+    assert not missing, f"`figures --only` help lacks {missing}"
