@@ -37,11 +37,29 @@ CONFIG = {"det0": {"num_experts": 256}, "damp": {"num_experts": 256},
           "lineas": {"steps": 30}}
 METHODS = ("aura", "det0", "damp", "mean_shift", "iti", "linear_act", "lineas")
 
-# method: (unsteered, fixed, steered, sites closer to fixed, sites closer to steered, n sites)
-MEASURED: dict[str, tuple] = {}
+# method: (unsteered, fixed, steered, sites closer to fixed, sites closer to steered, n sites);
+# mean standardized W2² over sites, 32 held-out texts per side, λ = 1, seed 0, 2-core CPU.
+MEASURED: dict[str, tuple] = {
+    "aura": (0.2036, 0.3373, 0.1881, 0, 36, 36),
+    "det0": (0.2036, 0.2430, 0.2027, 0, 28, 36),
+    "damp": (0.2036, 0.2121, 0.2030, 0, 28, 36),
+    "mean_shift": (0.2529, 0.5650, 0.2394, 1, 27, 36),
+    "iti": (0.2893, 1.2835, 0.2900, 0, 3, 18),
+    "linear_act": (0.2529, 0.3234, 0.2461, 5, 27, 36),
+    "lineas": (0.2529, 0.2904, 0.2483, 11, 26, 36),
+}
 
 AURA_FIXED = ("dampening experts also dampens them on non-toxic text: the steered source "
               "lands below the unsteered target's max-pooled values (see MEASURED)")
+CAUSAL_FIXED = ("each layer's map is fitted with the earlier maps active on source and target, "
+                "so deep sites aim at the steered target; against the unsteered one they "
+                "overshoot (see MEASURED and the diagnosis figure)")
+LINEAS_STANDARDIZED = ("LinEAS minimises raw per-unit W2, which its held-out loss confirms "
+                       "(test below); divided by the target's variance, low-variance units "
+                       "move away (11 of 36 sites closer)")
+ITI_MOVES_LITTLE = ("ITI shifts along one probe direction per layer: W2 over all units barely "
+                    "moves toward the steered target (0.290 vs 0.289; 3 of 18 sites closer) "
+                    "and moves away from the unsteered one")
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +109,9 @@ def _xfail(method: str, reason: str):
     return pytest.param(method, marks=pytest.mark.xfail(strict=True, reason=reason))
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", [
+    "aura", "det0", "damp", "mean_shift", _xfail("iti", ITI_MOVES_LITTLE), "linear_act",
+    "lineas"])
 def test_steered_model_brings_heldout_source_closer_to_target(results, method):
     """The deployed comparison: steered toxic text vs steered non-toxic text."""
     r = results(method)
@@ -100,7 +120,8 @@ def test_steered_model_brings_heldout_source_closer_to_target(results, method):
 
 @pytest.mark.parametrize("method", [
     _xfail("aura", AURA_FIXED), _xfail("det0", AURA_FIXED), _xfail("damp", AURA_FIXED),
-    "mean_shift", "iti", "linear_act", "lineas"])
+    _xfail("mean_shift", CAUSAL_FIXED), _xfail("iti", ITI_MOVES_LITTLE),
+    _xfail("linear_act", CAUSAL_FIXED), _xfail("lineas", LINEAS_STANDARDIZED)])
 def test_moves_heldout_source_toward_unsteered_target(results, method):
     r = results(method)
     assert r["fixed"] < r["unsteered"], {k: r[k] for k in ("unsteered", "fixed")}
