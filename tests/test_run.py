@@ -160,6 +160,7 @@ def test_stage_clock_counts_stages_and_prices_the_rest():
     assert lines[0].startswith("[run 1/5, 0s] unsteered")  # no ETA before a stage is timed
     assert "ETA ~40s] a: fitting" in lines[1]  # 2 fits + 2 evaluations at the 10 s mean
     assert lines[2].startswith("[run 3/4,")  # a skipped stage leaves the plan
+    assert clock.eta() == 10.0  # the 0-second fit (restored from disk) is not a price
 
 
 def test_demo_command_prints_the_results_table(tmp_path):

@@ -15,7 +15,10 @@ class StageClock:
     """Counts planned stages by kind (``{"fit": 4, "evaluate": 9}``) and, before each one,
     logs ``[run 3/13, 2m10s, ETA ~6m40s] what``. The ETA prices each remaining stage at the
     mean of the finished stages of its kind (or of all kinds, before one of it has run), so it
-    firms up as the job goes; stages restored from a previous run cost ~0 and pull it down."""
+    firms up as the job goes; stages restored from a previous run (under a second) are not
+    priced."""
+
+    RESTORED_S = 1.0
 
     def __init__(self, plan: dict[str, int], log=print, prefix: str = "run") -> None:
         self.left = dict(plan)
@@ -27,11 +30,14 @@ class StageClock:
         return sum(self.left.values()) + sum(len(v) for v in self.times.values())
 
     def eta(self) -> float | None:
-        done = [t for v in self.times.values() for t in v]
+        # Stages under RESTORED_S were read back from a previous run: they say nothing about
+        # what computing one costs, so they are left out of the prices.
+        real = {k: [t for t in v if t >= self.RESTORED_S] for k, v in self.times.items()}
+        done = [t for v in real.values() for t in v]
         if not done:
             return None
         overall = sum(done) / len(done)
-        return sum(n * (sum(self.times[k]) / len(self.times[k]) if self.times[k] else overall)
+        return sum(n * (sum(real[k]) / len(real[k]) if real.get(k) else overall)
                    for k, n in self.left.items())
 
     def skip(self, kind: str) -> None:
