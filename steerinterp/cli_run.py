@@ -133,9 +133,10 @@ def demo(
                                                       "need 'wiki')."),
     device: str = DEVICE,
 ) -> None:
-    """The main job at watching size (what `make demo` runs): AurA, mean shift, Linear-AcT,
-    LinEAS and DSAS over Linear-AcT, fitted on 32 + 32 texts, each evaluated at λ = 1 and at
-    the λ calibrated to +5% PPL; prints the results table. Resumes like `run`."""
+    """The main job at watching size (what `make demo` runs): AurA, Linear-AcT, LinEAS (250
+    steps, converged) and DSAS over Linear-AcT, fitted on 32 + 32 texts, each evaluated on 40
+    held-out prompts at λ = 1 and at the λ calibrated to +5% PPL; prints the results table.
+    Resumes like `run`."""
     from .evaluate.job import DEMO_METHODS, JobSpec, run_job
     from .io import ensure_writable_dir
 

@@ -60,7 +60,7 @@ SIZES = {
                      lineas_steps=3, det0_experts=16),
     # `steerinterp demo` / `make demo`: the seed methods at LinEAS's low-data size (N = 32),
     # small enough to watch (README: measured time).
-    "demo": JobSize(n_fit=32, n_prompts=48, samples=1, new_tokens=20, n_ppl=32, n_calib=16,
+    "demo": JobSize(n_fit=32, n_prompts=40, samples=1, new_tokens=20, n_ppl=32, n_calib=16,
                     lineas_steps=LINEAS_CONVERGED, det0_experts=256, utility_n=30),
     "default": JobSize(n_fit=64, n_prompts=100, samples=2, new_tokens=20, n_ppl=64,
                        n_calib=24, lineas_steps=LINEAS_CONVERGED, det0_experts=256,
@@ -72,8 +72,8 @@ SIZES = {
                      n_calib=500, lineas_steps=1000, det0_experts=256, utility_n=300),
 }
 
-# What `steerinterp demo` runs: the methods the project is about, and mean shift for scale.
-DEMO_METHODS = ("aura", "mean_shift", "linear_act", "lineas", "dsas+linear_act")
+# What `steerinterp demo` runs: the methods the project is about.
+DEMO_METHODS = ("aura", "linear_act", "lineas", "dsas+linear_act")
 
 # Generation protocols of the run: ``default`` takes its tokens and samples from the size;
 # ``act`` is AcT's RTP protocol (METHODS.md §4.5) whole: 32 tokens, top-p 0.3, repetition
