@@ -1,5 +1,5 @@
-"""``steerinterp fit | generate | evaluate | sweep | calibrate | run``: the evaluation half of
-the command line (registered on :data:`steerinterp.cli.app`)."""
+"""``steerinterp fit | generate | evaluate | calibrate``: fitting and evaluating single steerers
+(registered on :data:`steerinterp.cli.app`)."""
 
 from __future__ import annotations
 

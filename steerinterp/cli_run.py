@@ -1,4 +1,5 @@
-"""``steerinterp sweep`` and ``steerinterp run`` (the main job, what ``make demo`` runs)."""
+"""``steerinterp sweep | run | demo | figures | train-sae``: the jobs that evaluate many
+conditions (``demo`` is the main job at watching size, what ``make demo`` runs)."""
 
 from __future__ import annotations
 
