@@ -84,8 +84,11 @@ def _unique_names(names: list[str]) -> list[str]:
 @app.command()
 def run(
     model: str = MODEL,
-    size: str = typer.Option("default", help="smoke (seconds, tests) | default (≤ 20 min on a "
-                                             "2-core CPU) | paper (the papers' sizes)."),
+    size: str = typer.Option("default", help="smoke (seconds, tests) | demo (what `steerinterp "
+                                             "demo` runs) | default (measured on a 2-core CPU: "
+                                             "28 min for aura, mean_shift, linear_act, "
+                                             "dsas+linear_act; LinEAS adds ~12 min of "
+                                             "training) | paper (the papers' sizes)."),
     methods: str = typer.Option(None, help="Comma-separated subset of: aura, det0, mean_shift, "
                                            "iti, linear_act, lineas, dsas+linear_act, "
                                            "dsas+lineas (default: all)."),
