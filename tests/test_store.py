@@ -104,7 +104,9 @@ def test_disk_collection_equals_memory_and_is_reused(tiny_gpt2, texts, tmp_path,
     assert torch.equal(again["L1.mlp_out"], mem["L1.mlp_out"])
 
 
-def test_interrupted_collection_resumes(tiny_gpt2, texts, tmp_path, monkeypatch):
+def _interrupt_after_two_batches(model, texts, path, monkeypatch):
+    """Collect into ``path`` and stop (KeyboardInterrupt) after two finished batches; returns
+    the real batch function and a call counter for the resumed run."""
     real = collect_mod._run_batch
     calls = []
 
@@ -116,7 +118,12 @@ def test_interrupted_collection_resumes(tiny_gpt2, texts, tmp_path, monkeypatch)
 
     monkeypatch.setattr(collect_mod, "_run_batch", flaky)
     with pytest.raises(KeyboardInterrupt):
-        collect(tiny_gpt2, texts, SITES, batch_size=2, path=tmp_path / "s", progress=False)
+        collect(model, texts, SITES, batch_size=2, path=path, progress=False)
+    return real, calls
+
+
+def test_interrupted_collection_resumes(tiny_gpt2, texts, tmp_path, monkeypatch):
+    real, calls = _interrupt_after_two_batches(tiny_gpt2, texts, tmp_path / "s", monkeypatch)
     assert not (tmp_path / "s" / "meta.json").exists()
     assert len(list((tmp_path / "s").glob("part-*.safetensors"))) == 2
     calls.clear()
@@ -216,18 +223,7 @@ def test_pooled_store_on_disk_keeps_token_counts(tiny_gpt2, texts, tmp_path):
 
 def test_a_damaged_part_is_dropped_and_recomputed_at_resume(tiny_gpt2, texts, tmp_path,
                                                             monkeypatch):
-    real = collect_mod._run_batch
-    calls = []
-
-    def flaky(*args):
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        calls.append(1)
-        return real(*args)
-
-    monkeypatch.setattr(collect_mod, "_run_batch", flaky)
-    with pytest.raises(KeyboardInterrupt):
-        collect(tiny_gpt2, texts, SITES, batch_size=2, path=tmp_path / "s", progress=False)
+    real, calls = _interrupt_after_two_batches(tiny_gpt2, texts, tmp_path / "s", monkeypatch)
     part = tmp_path / "s" / "part-00000.safetensors"
     part.write_bytes(part.read_bytes()[:-20])  # e.g. a disk that filled up
     calls.clear()
