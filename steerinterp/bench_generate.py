@@ -11,6 +11,7 @@ too: CPU / wall well under the thread count means other work shared the machine.
 
 from __future__ import annotations
 
+import functools
 import statistics
 import time
 from contextlib import contextmanager
@@ -23,7 +24,6 @@ from .assets import ASSETS, hf_cache_path
 from .bench import _sync, machine
 from .data import load_texts
 from .evaluate.generation import GenerationSettings, decode, unembed_weight
-from .sites import Site
 from .steer import make, steered
 from .tokens import pad_left, token_ids
 
@@ -117,7 +117,9 @@ def _steered_runs(model: HookedTransformer, batches, new_tokens: int, settings) 
     actadd = make("actadd").fit(model, *STEER_PAIR)  # one middle resid_pre: HF's layer input
     site = actadd.sites[0]
     vector = actadd.tensor(site, "bias").detach()
-    return {"hf_steered": lambda: _hf_steered(hf, batches, new_tokens, site.layer, vector),
+    hf_run = functools.partial(_hf_steered, hf, batches, new_tokens, site.layer, vector)
+    hf_run.site = str(site)  # reported with the result
+    return {"hf_steered": hf_run,
             "ours_steered": lambda: _ours_steered(model, batches, settings, actadd)}
 
 
@@ -166,13 +168,13 @@ def bench_generate(model: HookedTransformer, n_prompts: int = 8, new_tokens: int
     n_new = len(ids) * new_tokens
     n_differ = sum(int((a != b).sum()) for k in ("tl", "tl_layout") if k in runs
                    for a, b in zip(outputs[k], outputs["ours"]))
+    med = {k: statistics.median(v) for k, v in wall.items()}
     steer = {}
     if "hf_steered" in runs:
-        steer = {"ratio_vs_hf": med_of(wall, "hf_steered") / med_of(wall, "ours_steered"),
+        steer = {"ratio_vs_hf": med["hf_steered"] / med["ours_steered"],
                  "hf_n_differ": sum(int((a != b).sum()) for a, b in
                                     zip(outputs["hf_steered"], outputs["ours_steered"])),
-                 "steer_site": str(Site(model.cfg.n_layers // 2, "resid_pre"))}
-    med = {k: statistics.median(v) for k, v in wall.items()}
+                 "steer_site": runs["hf_steered"].site}
     return {
         "model": model.cfg.model_name, "device": device, "machine": machine(device),
         "n_prompts": len(ids), "batch_size": batch_size,
@@ -186,10 +188,6 @@ def bench_generate(model: HookedTransformer, n_prompts: int = 8, new_tokens: int
         "identical": n_differ == 0, "n_differ": n_differ, "n_new_tokens": n_new, **steer,
         "wall_runs": wall, "cpu_runs": cpu,
     }
-
-
-def med_of(wall: dict, key: str) -> float:
-    return statistics.median(wall[key])
 
 
 def generate_table(result: dict) -> pd.DataFrame:

@@ -198,3 +198,19 @@ def test_nested_steered_with_the_same_steerer_is_refused(model, fitted):
             pass
     with steered(model, fitted):  # released after the block, also after the refusals
         pass
+
+
+def test_older_file_without_a_tensor_list_still_needs_every_site(model, fitted, tmp_path):
+    import json
+
+    from steerinterp.io import save_tensors
+    path = fitted.save(tmp_path / "s")
+    tensors = {k: v.detach() for k, v in fitted.tensors.items()}
+    del tensors[sorted(tensors)[0]]  # mean_shift: one tensor per site, so that site is bare
+    sha = save_tensors(path / "state.safetensors", tensors, {"format": "steerinterp.steerer/1"})
+    meta = json.loads((path / "config.json").read_text())
+    meta["state_sha256"] = sha
+    del meta["tensors"]  # as written before the list existed
+    (path / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(SteerError, match="has no tensor for site"):
+        load_steerer(path, model)

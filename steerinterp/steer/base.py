@@ -291,10 +291,11 @@ def _check_state(steerer: Steerer, meta: dict, path: Path) -> None:
         missing, extra = sorted(set(listed) - have), sorted(have - set(listed))
         raise SteerError(f"{path}: state.safetensors does not match config.json "
                          f"(missing {missing}, unexpected {extra})")
-    bare = [s for s in steerer.provenance["sites"]
-            if not any(k.startswith(Steerer._key(Site.parse(s), "")) for k in have)]
-    if bare and listed is None:
-        raise SteerError(f"{path}: state.safetensors has no tensor for site(s) {bare}")
+    if listed is None:  # older files list no tensors: each site needs at least one
+        bare = [s for s in steerer.provenance["sites"]
+                if not any(k.startswith(Steerer._key(Site.parse(s), "")) for k in have)]
+        if bare:
+            raise SteerError(f"{path}: state.safetensors has no tensor for site(s) {bare}")
     _check_widths(steerer, path)
 
 
