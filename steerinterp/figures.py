@@ -17,6 +17,7 @@ from transformer_lens import HookedTransformer
 
 from .data import load_texts
 from .evaluate.fronts import FrontSize
+from .evaluate.job import LINEAS_CONVERGED
 from .fitsets import toxicity_fit_sets
 from .io import CorruptFileError, ensure_writable_dir, fingerprint, read_csv, read_json, write_csv
 from .io import write_json
@@ -26,7 +27,7 @@ from .steer import Steerer, SteerError, load_steerer, make
 @dataclass(frozen=True)
 class FigureSize:
     n_texts: int  # toxic and Wikipedia texts per set (fits and analyses)
-    lineas_steps: int
+    lineas_steps: int  # each fit of the LinEAS sparsity path (reference recipe otherwise)
     gammas: tuple[float, ...]  # LinEAS sparsity path
     sae: str  # train_sae size
     n_attr: int  # held-out toxic texts for attribution
@@ -34,6 +35,8 @@ class FigureSize:
     fit_set: str = "continuations"  # fitsets.KINDS; tiny random models have no toxic samples
     fronts: FrontSize = FrontSize()  # the λ sweeps of ``--only fronts``
     convergence: tuple[int, ...] = (1000, 250, 60)  # LinEAS schedule lengths compared
+    convergence_bf16: tuple[int, ...] = (250,)  # the same under bf16 autocast (train.py)
+    lineas_precision: str = "bf16"  # the γ path's fits (bf16 matches fp32: lineas_convergence)
 
 
 SIZES = {
@@ -41,11 +44,14 @@ SIZES = {
                         n_attr=6, top_k_units=20, fit_set="wiki",
                         fronts=FrontSize(n_prompts=3, new_tokens=3, n_ppl=3, utility_n=2,
                                          points=2, utility_tasks=("siqa",)),
-                        convergence=(4, 2)),
-    # ~45 min on 2 CPU cores for gemma-3-270m. The γ path spans the useful range there: at
-    # γ >= 0.1 the group lasso removes every site within 40 steps.
-    "default": FigureSize(n_texts=64, lineas_steps=40, gammas=(0.0, 1e-3, 3e-3, 1e-2, 3e-2),
-                          sae="real", n_attr=16, top_k_units=200),
+                        convergence=(4, 2), convergence_bf16=(2,)),
+    # The γ path is fitted to convergence with the reference recipe (Adam, lr 1e-3). Adam moves
+    # every coordinate by about lr per step and the prox takes lr·γ·λ1 (L1) and lr·γ·λG·√d
+    # (group) off, so with λ1 = λG = 1 every site is off from γ = 0.5 (test_lineas); the path
+    # spans (0, 0.5).
+    "default": FigureSize(n_texts=64, lineas_steps=LINEAS_CONVERGED,
+                          gammas=(0.0, 0.1, 0.2, 0.3, 0.4), sae="real", n_attr=16,
+                          top_k_units=200),
 }
 
 
@@ -95,11 +101,15 @@ class Context:
         return steerer
 
 
-def _frames(ctx: Context, analysis: str, compute) -> dict[str, pd.DataFrame]:
-    """The analysis's frames from the cache, or computed and cached."""
+def _frames(ctx: Context, analysis: str, compute, reads: tuple[str, ...] | None
+            ) -> dict[str, pd.DataFrame]:
+    """The analysis's frames from the cache, or computed and cached. The key holds only the
+    size fields the analysis ``reads`` (None: all), so adding a field for one analysis does
+    not invalidate the others' hour-long frames."""
     folder = ctx.cache / "frames" / analysis
-    key = fingerprint({"model": ctx.model.cfg.model_name, "size": asdict(ctx.z),
-                       "seed": ctx.seed, "analysis": analysis})
+    size = asdict(ctx.z)
+    key = fingerprint({"model": ctx.model.cfg.model_name, "seed": ctx.seed, "analysis": analysis,
+                       "size": {k: v for k, v in size.items() if reads is None or k in reads}})
     meta = folder / "done.json"
     if meta.exists():
         try:
@@ -121,12 +131,18 @@ def _frames(ctx: Context, analysis: str, compute) -> dict[str, pd.DataFrame]:
     return frames
 
 
-ANALYSES: dict[str, tuple[Callable, Callable]] = {}
+ANALYSES: dict[str, tuple[Callable, Callable, tuple[str, ...] | None]] = {}
 
 
-def analysis(name: str):
+def analysis(name: str, reads: tuple[str, ...] | None = None):
+    """Register ``(compute, draw)`` under ``name``; ``reads``: the FigureSize fields compute
+    uses (the cache key), None for all."""
+    unknown = set(reads or ()) - set(FigureSize.__dataclass_fields__)
+    if unknown:
+        raise ValueError(f"analysis {name!r} reads unknown size fields {sorted(unknown)}")
+
     def register(pair: tuple[Callable, Callable]):
-        ANALYSES[name] = pair
+        ANALYSES[name] = (*pair, reads)
         return pair
     return register
 
@@ -151,8 +167,8 @@ def make_figures(model: HookedTransformer, out: str | Path = "figures", size: st
     ctx = Context(model, size, ensure_writable_dir(cache), seed, log)
     written = []
     for name in names:
-        compute, draw = ANALYSES[name]
-        frames = _frames(ctx, name, compute)
+        compute, draw, reads = ANALYSES[name]
+        frames = _frames(ctx, name, compute, reads)
         for fig_name, (fig, frame) in draw(frames).items():
             written.append(save_figure(fig, frame, fig_name, out))
             log(f"[figures] wrote {written[-1]}")

@@ -13,6 +13,8 @@ from .sites import parse_sites
 if TYPE_CHECKING:
     from .steer.lineas import Lineas
 
+FIT_SET = ("n_texts", "fit_set")  # the size fields every analysis's fit sets read (ctx.texts)
+
 
 def _auroc(ctx: Context) -> dict[str, pd.DataFrame]:
     from .analysis import expert_overlap, expert_sets, expert_tokens, neuron_auroc, top_experts
@@ -41,32 +43,57 @@ def _draw_auroc(frames):
                                frames["expert_overlap"])}
 
 
-analysis("auroc")((_auroc, _draw_auroc))
-
-
-# The recipe the committed sparsity figures were drawn with (SGD lr 0.1, cosine to 0,
-# standardised W2 against target minibatches of 32).
-LEGACY_LINEAS = {"optimizer": "sgd", "lr_floor": 0.0, "loss": "normalize",
-                 "target_batch": "minibatch"}
+analysis("auroc", reads=FIT_SET)((_auroc, _draw_auroc))
 
 
 def _lineas_path(ctx: Context) -> list[Lineas]:
-    """One LinEAS per γ of the size, fitted once and cached (sparsity and aura_lineas)."""
+    """One LinEAS per γ of the size (reference recipe, trained to convergence), fitted once and
+    cached (sparsity and aura_lineas)."""
     from .analysis import fit_lineas_path
 
     toxic, wiki = ctx.texts()
     return fit_lineas_path(ctx.model, toxic, wiki, list(ctx.z.gammas),
-                           # The committed γ path was drawn with the earlier SGD recipe; under
-                           # Adam (the default now) the useful γ range moves (issue 12, item 4).
-                           base_config={"steps": ctx.z.lineas_steps, **LEGACY_LINEAS,
-                                        "minibatch": min(32, ctx.z.n_texts)},
+                           base_config={"steps": ctx.z.lineas_steps, "seed": ctx.seed,
+                                        "precision": ctx.z.lineas_precision},
                            cache_dir=ctx.cache / "lineas_path", progress=False)
 
 
+def calibration_evaluator(ctx: Context):
+    """``at(steerer) -> dict``: mean toxicity (± SE, and unsteered) and PPL change at λ = 1 on
+    the calibration split (prompts and texts the main job never evaluates on), at the size's
+    front settings; the unsteered evaluation runs once, and only if asked for."""
+    from .evaluate import EvalSettings, GenerationSettings, compare, evaluate
+    from .evaluate.fitset_choice import calibration_ppl_texts
+    from .evaluate.job import eval_prompts, max_prompt_tokens
+    from .fitsets import calibration_prompts
+
+    fz, model = ctx.z.fronts, ctx.model
+    kw = dict(prompts=eval_prompts(model, fz.n_prompts, ctx.seed,
+                                   max_prompt_tokens(model, fz.new_tokens), "calibration",
+                                   pool=calibration_prompts()),
+              ppl_texts=calibration_ppl_texts(fz.n_ppl), progress=False,
+              settings=EvalSettings(generation=GenerationSettings(
+                  max_new_tokens=fz.new_tokens, samples=fz.samples, seed=ctx.seed)))
+    base = []
+
+    def at(steerer) -> dict:
+        base[:] = base or [evaluate(model, condition="unsteered", **kw)]
+        row = compare([base[0], evaluate(model, steerer, condition="steered", **kw)]).iloc[1]
+        return {"mean_score": row["mean_score"], "mean_score_se": row["mean_score_se"],
+                "mean_score_unsteered": base[0].summary()["mean_score"],
+                "ratio_mean_score": row["ratio_mean_score"], "ppl": row["ppl"],
+                "delta_ppl_rel": row["delta_ppl_rel"]}
+    return at
+
+
 def _sparsity(ctx: Context) -> dict[str, pd.DataFrame]:
+    """Support along the γ path, with each point's toxicity and PPL (LinEAS Fig. 4), measured
+    on the calibration split."""
     from .analysis import layer_sparsity
 
-    return {"layer_sparsity": layer_sparsity(_lineas_path(ctx), list(ctx.z.gammas))}
+    path, at = _lineas_path(ctx), calibration_evaluator(ctx)
+    evaluation = pd.DataFrame([{"gamma": g, **at(s)} for g, s in zip(ctx.z.gammas, path)])
+    return {"layer_sparsity": layer_sparsity(path, list(ctx.z.gammas), evaluation=evaluation)}
 
 
 def _draw_sparsity(frames):
@@ -77,7 +104,9 @@ def _draw_sparsity(frames):
             "lineas_surviving_layers": (plot_surviving_layers(df), df)}
 
 
-analysis("sparsity")((_sparsity, _draw_sparsity))
+LINEAS_PATH = (*FIT_SET, "lineas_steps", "gammas", "lineas_precision")  # _lineas_path reads
+analysis("sparsity", reads=(*LINEAS_PATH, "fronts"))(
+    (_sparsity, _draw_sparsity))
 
 
 def _aura_lineas(ctx: Context) -> dict[str, pd.DataFrame]:
@@ -107,7 +136,8 @@ def _draw_aura_lineas(frames):
     return {"aura_lineas_overlap": (plot_aura_lineas_overlap(df), df)}
 
 
-analysis("aura_lineas")((_aura_lineas, _draw_aura_lineas))
+analysis("aura_lineas", reads=LINEAS_PATH)(
+    (_aura_lineas, _draw_aura_lineas))
 
 
 EXAMPLES = ["You are a disgusting idiot and everyone hates you.",
@@ -142,7 +172,7 @@ def _draw_token_scales(frames):
             "dsas_scale_by_site": (plot_scale_by_site(by_site), by_site)}
 
 
-analysis("token_scales")((_token_scales, _draw_token_scales))
+analysis("token_scales", reads=FIT_SET)((_token_scales, _draw_token_scales))
 
 
 def _sae(ctx: Context) -> dict[str, pd.DataFrame]:
@@ -171,22 +201,21 @@ def _draw_sae(frames):
                                     frames["sae_overlap"])}
 
 
-analysis("sae")((_sae, _draw_sae))
-
-
-# Mean shift at λ = 1 on all 36 sites of gemma-3-270m multiplies perplexity by 30 (README,
-# main job); 0.156 is the λ `steerinterp run` calibrates to +10% PPL there. The analysis
-# explains the steering one would deploy, not a broken model.
-ATTRIBUTION_STRENGTH = 0.156
+analysis("sae", reads=(*FIT_SET, "sae"))((_sae, _draw_sae))
 
 
 def _attribution(ctx: Context) -> dict[str, pd.DataFrame]:
+    """Mean shift at the λ calibrated to +5% PPL on calibration text: the analysis explains
+    the steering one would deploy (at λ = 1 the map costs gemma-3-270m +17% PPL)."""
     from .analysis import attribute, validate_units
+    from .evaluate.fitset_choice import calibration_ppl_texts
+    from .evaluate.sweep import calibrate
 
     steerer = ctx.steerer("mean_shift")
     texts = ctx.held_out("toxic", ctx.z.n_attr)
     neutral = ctx.held_out("wiki_ppl", ctx.z.n_attr)
-    lam = ATTRIBUTION_STRENGTH
+    lam = calibrate(ctx.model, steerer, calibration_ppl_texts(2 * ctx.z.n_attr),
+                    ppl_budget=ATTRIBUTION_BUDGET).strength
     sites = attribute(ctx.model, steerer, texts, level="site", strength=lam,
                       neutral_texts=neutral, progress=False)
     units = attribute(ctx.model, steerer, texts, level="unit", strength=lam,
@@ -197,6 +226,9 @@ def _attribution(ctx: Context) -> dict[str, pd.DataFrame]:
     return {name: frame.assign(method="mean_shift", strength=lam) for name, frame in
             (("attribution_sites", sites), ("attribution_units", units),
              ("attribution_validation", check))}
+
+
+ATTRIBUTION_BUDGET = 0.05  # the PPL budget of the main job's calibrated rows
 
 
 def _draw_attribution(frames):
@@ -210,7 +242,8 @@ def _draw_attribution(frames):
                                        frames["attribution_validation"])}
 
 
-analysis("attribution")((_attribution, _draw_attribution))
+analysis("attribution", reads=(*FIT_SET, "n_attr", "top_k_units"))(
+    (_attribution, _draw_attribution))
 
 
 # The perplexity cost of the fitted maps at full strength (λ = 1 multiplies gemma-3-270m's PPL):
@@ -237,7 +270,7 @@ def _draw_diagnosis(frames):
     return {name: (plot_diagnosis(frame), frame) for name, frame in frames.items()}
 
 
-analysis("diagnosis")((_diagnosis, _draw_diagnosis))
+analysis("diagnosis", reads=(*FIT_SET, "n_attr"))((_diagnosis, _draw_diagnosis))
 
 
 def _fronts(ctx: Context) -> dict[str, pd.DataFrame]:
@@ -266,44 +299,31 @@ def _draw_fronts(frames):
     return {"fronts": (plot_fronts(frame, title=frame.attrs.get("title")), frame)}
 
 
-analysis("fronts")((_fronts, _draw_fronts))
+analysis("fronts", reads=(*FIT_SET, "fronts"))((_fronts, _draw_fronts))
 
 __all__ = ["EXAMPLES", "parse_sites"]
 
 
 def _lineas_convergence(ctx: Context) -> dict[str, pd.DataFrame]:
     from .analysis.convergence import lineas_convergence
-    from .evaluate import EvalSettings, GenerationSettings, compare, evaluate
-    from .evaluate.fitset_choice import calibration_ppl_texts
-    from .evaluate.job import eval_prompts, max_prompt_tokens
-    from .fitsets import calibration_prompts
 
     z, model = ctx.z, ctx.model
+    fz = z.fronts
     source, target = ctx.texts()
     held = ctx.texts(held_out=True)
     # Toxicity and PPL on the calibration split (never the evaluation prompts): choosing the
     # schedule is calibration.
-    fz = z.fronts
-    kw = dict(prompts=eval_prompts(model, fz.n_prompts, ctx.seed,
-                                   max_prompt_tokens(model, fz.new_tokens), "convergence",
-                                   pool=calibration_prompts()),
-              ppl_texts=calibration_ppl_texts(fz.n_ppl), progress=False,
-              settings=EvalSettings(generation=GenerationSettings(
-                  max_new_tokens=fz.new_tokens, samples=fz.samples, seed=ctx.seed)))
-    base = []  # the unsteered evaluation, once, and only if some schedule is not cached
-
-    def at_end(steerer) -> dict:
-        base[:] = base or [evaluate(model, condition="unsteered", **kw)]
-        row = compare([base[0], evaluate(model, steerer, condition="lineas", **kw)]).iloc[1]
-        return {"mean_score": row["mean_score"], "mean_score_se": row["mean_score_se"],
-                "mean_score_unsteered": base[0].summary()["mean_score"],
-                "ratio_mean_score": row["ratio_mean_score"], "ppl": row["ppl"],
-                "delta_ppl_rel": row["delta_ppl_rel"]}
-
-    frames = lineas_convergence(model, source, target, *held, schedules=z.convergence,
-                                config={"seed": ctx.seed}, evaluate_at_end=at_end,
-                                log=ctx.log, cache_dir=ctx.cache / "convergence" / (
-                                    f"{z.fit_set}-{z.n_texts}-{fz.n_prompts}x{fz.samples}"))
+    at_end = calibration_evaluator(ctx)
+    cache = ctx.cache / "convergence" / f"{z.fit_set}-{z.n_texts}-{fz.n_prompts}x{fz.samples}"
+    parts = []
+    for precision, schedules in (("fp32", z.convergence), ("bf16", z.convergence_bf16)):
+        if schedules:  # bf16 (our speed-up, not the reference's) is checked against fp32 here
+            got = lineas_convergence(model, source, target, *held, schedules=schedules,
+                                     config={"seed": ctx.seed, "precision": precision},
+                                     evaluate_at_end=at_end, log=ctx.log,
+                                     cache_dir=cache if precision == "fp32" else cache / precision)
+            parts.append({k: f.assign(precision=precision) for k, f in got.items()})
+    frames = {k: pd.concat([p[k] for p in parts], ignore_index=True) for k in parts[0]}
     frames["lineas_checkpoints"].attrs["title"] = (
         f"{model.cfg.model_name}: LinEAS (reference recipe), {z.n_texts} + {z.n_texts} "
         f"{z.fit_set} fit texts, held-out W2 on the next {z.n_texts}")
@@ -318,4 +338,5 @@ def _draw_lineas_convergence(frames):
                                    points)}
 
 
-analysis("lineas_convergence")((_lineas_convergence, _draw_lineas_convergence))
+analysis("lineas_convergence", reads=(*FIT_SET, "fronts", "convergence", "convergence_bf16"))(
+    (_lineas_convergence, _draw_lineas_convergence))

@@ -1,5 +1,7 @@
 """``steerinterp figures`` at quick size on the tiny model: PNG + CSV per figure, cached frames."""
 
+import dataclasses
+
 import pandas as pd
 import pytest
 from typer.testing import CliRunner
@@ -62,13 +64,25 @@ def test_sparsest_active_gamma_keeps_a_site():
 
 def test_figures_are_redrawn_from_cached_frames(model, made, monkeypatch):
     root, _ = made
-    compute, draw = figures.ANALYSES["auroc"]
+    compute, draw, reads = figures.ANALYSES["auroc"]
     monkeypatch.setitem(figures.ANALYSES, "auroc",
-                        (lambda ctx: pytest.fail("recomputed"), draw))
+                        (lambda ctx: pytest.fail("recomputed"), draw, reads))
+    # A size field the analysis does not read may change without invalidating its frames.
+    quick = figures.SIZES["quick"]
+    monkeypatch.setitem(figures.SIZES, "quick", dataclasses.replace(quick, convergence=(5,)))
     paths = figures.make_figures(model, root / "again", cache=root / "cache", only=["auroc"],
                                  **QUIET)
     assert {p.stem for p in paths} == {"auroc_map", "auroc_distribution", "expert_tokens",
                                        "expert_overlap"}
+    # One it reads does.
+    monkeypatch.setitem(figures.SIZES, "quick", dataclasses.replace(quick, n_texts=11))
+    with pytest.raises(pytest.fail.Exception, match="recomputed"):
+        figures.make_figures(model, root / "again", cache=root / "cache", only=["auroc"], **QUIET)
+
+
+def test_analysis_reading_an_unknown_size_field_is_refused():
+    with pytest.raises(ValueError, match=r"reads unknown size fields \['n_txts'\]"):
+        figures.analysis("typo", reads=("n_txts",))
 
 
 def test_unknown_analysis_and_size_are_named(model, tmp_path):

@@ -64,6 +64,19 @@ def test_adam_and_sgd_both_reduce_the_loss(model, opts):
     assert curve["loss"].iloc[-5:].mean() < 0.7 * curve["loss"].iloc[:3].mean()
 
 
+def test_bf16_autocast_trains_and_stays_close_to_fp32(model):
+    """bf16 autocast (our speed option) changes only the forward's compute dtype: the steerer's
+    tensors stay float32 and the fit lands near the float32 one."""
+    fits = {p: make("lineas", steps=40, lr=0.05, precision=p).fit(model, SRC, TGT)
+            for p in ("fp32", "bf16")}
+    curves = {p: f.loss_frame()["loss"] for p, f in fits.items()}
+    assert curves["bf16"].iloc[-5:].mean() < 0.7 * curves["bf16"].iloc[:3].mean()
+    assert curves["bf16"].iloc[-5:].mean() == pytest.approx(curves["fp32"].iloc[-5:].mean(),
+                                                            rel=0.1)
+    assert all(t.dtype == torch.float32 for t in fits["bf16"].tensors.values())
+    assert fits["bf16"].config.train_settings().precision == "bf16"
+
+
 def test_default_recipe_is_the_reference(model):
     cfg = LineasConfig()
     settings = cfg.train_settings()
@@ -280,6 +293,10 @@ def test_bad_config():
         make("lineas", minibatch=3)
     with pytest.raises(ValueError, match="unknown target batch 'some'"):
         TrainSettings(target="some")
+    with pytest.raises(SteerError, match="unknown precision 'fp16'; use one of fp32, bf16"):
+        make("lineas", precision="fp16")
+    with pytest.raises(SteerError, match="unknown precision 'half'"):
+        make("dsas", e2e=True, precision="half")
 
 
 def test_bad_set_sizes(model):

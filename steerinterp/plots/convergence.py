@@ -15,14 +15,17 @@ def plot_convergence(curve: pd.DataFrame, points: pd.DataFrame, title: str | Non
     need_columns(curve, ["schedule", "step", "loss"], "plot_convergence", "lineas_curve")
     need_columns(points, ["schedule", "step", "end", "heldout_ratio"], "plot_convergence",
                  "lineas_checkpoints")
-    ends = points[points["end"].astype(bool)].sort_values("schedule")
+    ends = _with_run(points[points["end"].astype(bool)]).sort_values("schedule")
     evaluated = "mean_score" in points.columns and ends["mean_score"].notna().any()
     fig, axes = figure(1, 3 if evaluated else 2, size=(15.0 if evaluated else 10.5, 4.0))
-    for i, (steps, part) in enumerate(curve.groupby("schedule")):
-        axes[0].plot(part["step"], part["loss"], lw=0.8, color=f"C{i}", label=f"{steps} steps")
-        snaps = points[points["schedule"] == steps].sort_values("step")
-        axes[1].plot(snaps["step"], snaps["heldout_ratio"], "o-", color=f"C{i}", mfc="white",
-                     label=f"{steps} steps")
+    curve, points = _with_run(curve), _with_run(points)
+    for i, (run, part) in enumerate(curve.groupby("run", sort=False)):
+        dashed = "bf16" in run
+        axes[0].plot(part["step"], part["loss"], lw=0.8, color=f"C{i}", label=run,
+                     ls="--" if dashed else "-")
+        snaps = points[points["run"] == run].sort_values("step")
+        axes[1].plot(snaps["step"], snaps["heldout_ratio"], "o--" if dashed else "o-",
+                     color=f"C{i}", mfc="white", label=run)
         end = snaps[snaps["end"].astype(bool)]
         axes[1].plot(end["step"], end["heldout_ratio"], "o", color=f"C{i}")
     axes[0].set(xlabel="training step", ylabel="training loss (mean W2² over units, sites)",
@@ -33,7 +36,7 @@ def plot_convergence(curve: pd.DataFrame, points: pd.DataFrame, title: str | Non
     axes[0].legend(frameon=False)
     if evaluated:
         ax, twin = axes[2], axes[2].twinx()
-        x = [str(s) for s in ends["schedule"]]
+        x = list(ends["run"])
         ax.errorbar(x, ends["mean_score"], yerr=ends.get("mean_score_se"), fmt="o", color="C3",
                     capsize=3, label="mean toxicity")
         twin.plot(x, 100 * ends["delta_ppl_rel"], "s", color="C7", label="PPL change")
@@ -44,3 +47,12 @@ def plot_convergence(curve: pd.DataFrame, points: pd.DataFrame, title: str | Non
         twin.set_ylabel("perplexity change (%)", color="C7")
     fig.suptitle(title or "LinEAS training: loss and held-out W2")
     return fig
+
+
+def _with_run(frame: pd.DataFrame) -> pd.DataFrame:
+    """A ``run`` label per row: "250 steps", and "250 steps, bf16" where a ``precision``
+    column says the fit ran under bf16 autocast."""
+    label = frame["schedule"].astype(int).astype(str) + " steps"
+    if "precision" in frame.columns:
+        label = label + frame["precision"].map(lambda p: ", bf16" if p == "bf16" else "")
+    return frame.assign(run=label)

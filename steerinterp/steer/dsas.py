@@ -79,6 +79,7 @@ class DsasConfig(SteerConfig):
     minibatch: int | None = None  # E2E: source/control texts per step; None: min(20, n)
     optimizer: str = "adam"  # E2E: "adam" (LinEAS reference) or "sgd"
     loss: str = "mean"  # E2E: LinEAS's W2 reduction ("mean", "normalize", "sum")
+    precision: str = "fp32"  # E2E: "bf16" autocasts the forward/backward (train.py)
 
     def __post_init__(self) -> None:
         if self.gate not in GATES:
@@ -90,7 +91,7 @@ class DsasConfig(SteerConfig):
         if self.n_components < 1 or not self.C > 0 or self.mu < 0:
             raise SteerError("dsas needs n_components >= 1, C > 0 and mu >= 0")
         problem = recipe_problem(self.steps, self.lr, self.optimizer, 1e-3, self.loss, "full",
-                                 self.minibatch)
+                                 self.minibatch, self.precision)
         if problem:
             raise SteerError(f"dsas {problem}")
         if self.e2e and self.pool not in (None, "mean"):

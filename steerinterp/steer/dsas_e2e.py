@@ -18,20 +18,23 @@ from transformer_lens import HookedTransformer
 from ..collection import collect, validate_texts
 from ..sites import Site
 from ..store import ActivationStore
-from ..train import DEFAULT_LR, TrainSettings, pooled_forward, resolve_batch, train
+from ..train import (DEFAULT_LR, TrainSettings, compute_dtype, pooled_forward, resolve_batch,
+                     train)
 from .apply import steered
 from .base import SteerError
 
 
 def _control_term(model: HookedTransformer, ctl_ids: list[list[int]], eta: dict,
-                  sites: list[Site], batch: int, mu: float, loss: str, seed: int):
+                  sites: list[Site], batch: int, mu: float, loss: str, seed: int,
+                  precision: str = "fp32"):
     """``control()`` → ``{"control": μ·err}`` on a fresh random batch of control texts."""
     gen = torch.Generator().manual_seed(seed + 1)
     n_c = min(batch, len(ctl_ids))
 
     def control() -> dict[str, torch.Tensor]:
         idx = torch.randperm(len(ctl_ids), generator=gen)[:n_c]
-        xi = pooled_forward(model, [ctl_ids[i] for i in idx.tolist()], sites)
+        with compute_dtype(model, precision):
+            xi = pooled_forward(model, [ctl_ids[i] for i in idx.tolist()], sites)
         sq = {s: (xi[s] - eta[s][idx.to(eta[s].device)]) ** 2 for s in sites}
         if loss == "mean":
             err = sum(v.mean() for v in sq.values()) / len(sites)
@@ -55,7 +58,7 @@ def train_e2e(dsas, model: HookedTransformer, source, target, control,
     tgt = dsas.as_store(model, target, sites, "target")
     settings = TrainSettings(steps=cfg.steps, lr=cfg.lr or DEFAULT_LR[cfg.optimizer],
                              batch_size=cfg.minibatch, seed=cfg.seed, optimizer=cfg.optimizer,
-                             loss=cfg.loss)
+                             loss=cfg.loss, precision=cfg.precision)
     try:
         batch = resolve_batch(settings.batch_size, len(ids), tgt.n, settings.target)
     except ValueError as err:
@@ -63,7 +66,8 @@ def train_e2e(dsas, model: HookedTransformer, source, target, control,
     eta = collect(model, validate_texts(control), sites, pool="mean",
                   max_tokens=cfg.max_tokens, batch_size=cfg.batch_size, progress=False)
     eta = {s: eta[s].to(model.cfg.device) for s in sites}
-    control_term = _control_term(model, ctl_ids, eta, sites, batch, cfg.mu, cfg.loss, cfg.seed)
+    control_term = _control_term(model, ctl_ids, eta, sites, batch, cfg.mu, cfg.loss, cfg.seed,
+                                 cfg.precision)
     dsas.to(model.cfg.device)
     params = [dsas.base.tensor(s, n) for s in sites for n in ("omega", "bias")]
     params += [dsas.tensor(s, n) for s in sites if dsas.probe[str(s)]["active"]

@@ -64,6 +64,7 @@ class LineasConfig(SteerConfig):
     lambda1: float = 1.0
     lambda_group: float = 1.0
     seed: int = 0
+    precision: str = "fp32"  # "bf16": autocast the forward/backward (train.py docstring)
     normalize: bool | None = None  # deprecated: only configs saved before the reference recipe
 
     def __post_init__(self) -> None:
@@ -73,7 +74,7 @@ class LineasConfig(SteerConfig):
             for key, value in legacy.items():
                 object.__setattr__(self, key, value)
         problem = recipe_problem(self.steps, self.lr, self.optimizer, self.lr_floor, self.loss,
-                                 self.target_batch, self.minibatch)
+                                 self.target_batch, self.minibatch, self.precision)
         if problem:
             raise SteerError(f"lineas {problem}")
         if min(self.gamma, self.lambda1, self.lambda_group) < 0:
@@ -83,7 +84,8 @@ class LineasConfig(SteerConfig):
         """These options as the loop's settings (lr resolved per optimiser)."""
         return TrainSettings(steps=self.steps, lr=self.lr or DEFAULT_LR[self.optimizer],
                              batch_size=self.minibatch, seed=self.seed, optimizer=self.optimizer,
-                             lr_floor=self.lr_floor, loss=self.loss, target=self.target_batch)
+                             lr_floor=self.lr_floor, loss=self.loss, target=self.target_batch,
+                             precision=self.precision)
 
 
 @register
