@@ -7,7 +7,7 @@ Public API (re-exports only)::
 
 from .collection import collect
 from .data import length_match, load_texts
-from .fitsets import toxicity_fit_sets
+from .experiments.fitsets import toxicity_fit_sets
 from .models import load_model, tiny_model
 from .sites import Site, default_sites, parse_sites
 from .steer import available, load_steerer, make, steered

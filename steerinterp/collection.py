@@ -14,12 +14,13 @@ from jaxtyping import Bool, Float
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
+from .hooks import last_layer, recording
 from .io import (CorruptFileError, ensure_writable_dir, fingerprint, load_tensors, read_json,
                  save_tensors, write_json)
-from .sites import Site, parse_sites, to_units
+from .sites import Site, parse_sites
 from .store import (_LENGTHS, _TOKENS, FORMAT, POOLS, ActivationStore, StoreError, split_rows,
                     build_meta)
-from .tokens import Batch, pad_left, token_ids
+from .tokens import pad_left, token_ids
 
 
 def collect(model: HookedTransformer, texts: Sequence[str], sites, pool: str = "mean",
@@ -85,14 +86,11 @@ def _run_batch(model: HookedTransformer, ids: list[list[int]], sites: list[Site]
     batch = pad_left(model, ids, skip_first)
     out: dict[str, torch.Tensor] = {}
 
-    def make_hook(site: Site):
-        def hook(acts, hook):
-            out[str(site)] = pool_tokens(to_units(site, acts).float(), batch.pool_mask, pool).cpu()
-        return hook
+    def read(site: Site, units: torch.Tensor) -> None:
+        out[str(site)] = pool_tokens(units.float(), batch.pool_mask, pool).cpu()
 
-    model.run_with_hooks(batch.tokens, attention_mask=batch.attention_mask,
-                         stop_at_layer=max(s.layer for s in sites) + 1,
-                         fwd_hooks=[(s.hook_name, make_hook(s)) for s in sites])
+    with recording(model, sites, read):
+        model(batch.tokens, attention_mask=batch.attention_mask, stop_at_layer=last_layer(sites))
     lengths = batch.pool_mask.sum(1).cpu()
     out[_LENGTHS] = lengths
     if pool == "none":

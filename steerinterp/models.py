@@ -24,8 +24,8 @@ from transformer_lens import HookedTransformer, HookedTransformerConfig
 from transformer_lens import loading_from_pretrained as tl_loading
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 
-from steerinterp.assets import ASSETS, cache_dir, ensure_hf_copy, hf_cache_path
-from steerinterp.errors import ModelUnavailable
+from .assets import ASSETS, cache_dir, ensure_hf_copy, hf_cache_path
+from .errors import ModelUnavailable
 
 __all__ = ["DEFAULT_MODEL", "ModelUnavailable", "OFFLINE_MODELS", "NO_PROCESSING", "ModelInfo", "cache_dir",
            "load_model", "model_info", "prepare_model_cache", "resolve_dtype", "same_model",

@@ -100,6 +100,20 @@ class Site:
         raise SiteError(f"cannot parse site {text!r}; expected e.g. 'L3.mlp_post' "
                         f"(points: {', '.join(POINTS)})")
 
+    def key(self, name: str) -> str:
+        """The key of this site's tensor ``name`` in a steerer's state: ``"3_mlp_out__omega"``
+        (torch's ParameterDict keys cannot contain ".")."""
+        return f"{self.layer}_{self.point}__{name}"
+
+    @classmethod
+    def from_key(cls, key: str) -> tuple[Site, str]:
+        """Inverse of :meth:`key`: ``(site, name)``."""
+        layer, sep, rest = key.partition("_")
+        point, sep2, name = rest.partition("__")
+        if not (sep and sep2 and layer.isdigit() and name):
+            raise SiteError(f"not a site tensor key: {key!r} (expected e.g. '3_mlp_out__omega')")
+        return cls(int(layer), point), name
+
     @property
     def hook_name(self) -> str:
         return _HOOKS[self.point].format(L=self.layer)

@@ -23,7 +23,6 @@ it gives matches the float32 one in held-out W2, toxicity and perplexity
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -35,8 +34,9 @@ from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
 from .collection import pool_tokens
+from .hooks import last_layer, recording
 from .metrics import w2_sorted
-from .sites import Site, to_units
+from .sites import Site
 from .store import ActivationStore
 from .tokens import pad_left
 
@@ -131,19 +131,15 @@ def frozen(model: HookedTransformer):
 def pooled_forward(model: HookedTransformer, ids: list[list[int]], sites: list[Site],
                    skip_first: bool = True) -> dict[Site, torch.Tensor]:
     """Mean-pooled activations at ``sites`` as the (possibly steered) model produces them,
-    with gradients. Recording hooks are added after any steering hooks at the same site, so
-    they see the steered value; the pass stops after the last site's layer."""
+    with gradients; the pass stops after the last site's layer."""
     batch = pad_left(model, ids, skip_first)
     out: dict[Site, torch.Tensor] = {}
 
-    def record(site: Site):
-        def hook(acts, hook):
-            out[site] = pool_tokens(to_units(site, acts).float(), batch.pool_mask, "mean")
-        return hook
+    def read(site: Site, units: torch.Tensor) -> None:
+        out[site] = pool_tokens(units.float(), batch.pool_mask, "mean")
 
-    with model.hooks(fwd_hooks=[(s.hook_name, record(s)) for s in sites]):
-        model(batch.tokens, attention_mask=batch.attention_mask,
-              stop_at_layer=max(s.layer for s in sites) + 1)
+    with recording(model, sites, read):  # entered inside the caller's steered(): steered values
+        model(batch.tokens, attention_mask=batch.attention_mask, stop_at_layer=last_layer(sites))
     return out
 
 

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
-import steerinterp.figures as figures
+import steerinterp.experiments.figures as figures
 from steerinterp.analysis import diagnose
 from steerinterp.analysis.attribution import Restricted
 from steerinterp.analysis.diagnosis import DIAGNOSIS_COLUMNS

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 import torch
 
-import steerinterp.figures as figures
+import steerinterp.experiments.figures as figures
 from steerinterp.analysis.convergence import checkpoints, lineas_convergence
 from steerinterp.models import load_model
 from steerinterp.steer import SteerError, make

@@ -6,8 +6,9 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-import steerinterp.figures as figures
-from steerinterp.figures_analyses import _sparsest_active
+import steerinterp.experiments.figures as figures
+from steerinterp.experiments import registry
+from steerinterp.experiments.analyses import _sparsest_active
 from steerinterp.cli import app
 from steerinterp.models import load_model
 
@@ -82,7 +83,7 @@ def test_figures_are_redrawn_from_cached_frames(model, made, monkeypatch):
 
 def test_analysis_reading_an_unknown_size_field_is_refused():
     with pytest.raises(ValueError, match=r"reads unknown size fields \['n_txts'\]"):
-        figures.analysis("typo", reads=("n_txts",))
+        registry.analysis("typo", reads=("n_txts",))
 
 
 def test_unknown_analysis_and_size_are_named(model, tmp_path):

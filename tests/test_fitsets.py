@@ -1,4 +1,4 @@
-"""Toxicity fit sets (``steerinterp.fitsets``): the continuation pool is sampled once, cached,
+"""Toxicity fit sets (``steerinterp.experiments.fitsets``): the continuation pool is sampled once, cached,
 resumed, split by the scorer; every kind gives disjoint fit / held-out texts; bad input is named.
 
 The tiny random models produce no toxic text, so the scorer is replaced by a deterministic fake
@@ -9,10 +9,10 @@ import hashlib
 import numpy as np
 import pytest
 
-from steerinterp import fitsets
+from steerinterp.experiments import fitsets
 from steerinterp.data import load_texts
 from steerinterp.evaluate import scorers
-from steerinterp.fitsets import (ContinuationSettings, FitSetError, continuation_pool,
+from steerinterp.experiments.fitsets import (ContinuationSettings, FitSetError, continuation_pool,
                                  split_pool, toxicity_fit_sets)
 
 N_PROMPTS = 40
@@ -136,7 +136,7 @@ def test_a_packaged_pool_is_used_without_sampling(tiny_gpt2, fake, monkeypatch, 
 def test_compare_fit_sets_calibrates_evaluates_and_resumes(tiny_gpt2, tmp_path):
     """The comparison driver on the tiny model: one row per (kind, method), λ within the
     method's range, the PPL cost at λ = 1, and a second call reads everything back."""
-    from steerinterp.evaluate.fitset_choice import compare_fit_sets
+    from steerinterp.experiments.fitset_choice import compare_fit_sets
 
     kw = dict(kinds=("wiki",), methods=("mean_shift",), n=4, n_prompts=2, n_ppl=4,
               folder=tmp_path, progress=False, log=lambda m: None)

@@ -3,8 +3,8 @@
 import pandas as pd
 import pytest
 
-import steerinterp.figures as figures
-from steerinterp.evaluate.fronts import FRONT_DSAS, FRONT_METHODS, strength_grid
+import steerinterp.experiments.figures as figures
+from steerinterp.experiments.fronts import FRONT_DSAS, FRONT_METHODS, strength_grid
 from steerinterp.models import load_model
 from steerinterp.plots import plot_fronts
 from steerinterp.steer import make

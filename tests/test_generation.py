@@ -377,7 +377,7 @@ def test_real_gemma_steered_hf_generate_gives_our_tokens():
     """The benchmark's two steered loops (HF ``generate`` + pre-hook, our decode + ActAdd with
     the same vector) produce the same greedy tokens on the same weights."""
     from steerinterp import load_model
-    from steerinterp.bench_generate import bench_generate
+    from steerinterp.bench.generate import bench_generate
 
     result = bench_generate(load_model("gemma-3-270m", device="cpu"), n_prompts=2,
                             new_tokens=6, repeats=1, tl_layout=False)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from steerinterp import collect
-from steerinterp.sites import Site, default_sites
+from steerinterp.sites import default_sites
 from steerinterp.steer import SteerError, load_steerer, make, steered
 
 SOURCE = [f"you are a terrible person number {i}, really awful" for i in range(8)]

@@ -6,8 +6,8 @@ import re
 import pandas as pd
 import pytest
 
-import steerinterp.evaluate.job as job
-from steerinterp.evaluate.job import METHODS, JobSpec, run_job
+import steerinterp.experiments.job as job
+from steerinterp.experiments.job import METHODS, JobSpec, run_job
 from steerinterp.models import load_model
 
 QUIET = dict(progress=False, log=lambda msg: None)

@@ -103,3 +103,13 @@ def test_default_sites_follow_methods_md(tiny_gpt2, tiny_gemma):
 def test_site_parse_of_a_non_string_names_it(bad):
     with pytest.raises(SiteError, match="a site is a string such as 'L3.mlp_post', got"):
         Site.parse(bad)
+
+
+def test_tensor_key_round_trip():
+    for site in (Site(0, "mlp_out"), Site(11, "attn_z"), Site(3, "ln2")):
+        for name in ("omega", "base_bias"):
+            assert Site.from_key(site.key(name)) == (site, name)
+    assert Site(3, "mlp_out").key("omega") == "3_mlp_out__omega"  # the saved format
+    for bad in ("omega", "x_mlp_out__omega", "3_mlp_out", "3_mlp_out__", "3_nope__omega"):
+        with pytest.raises(SiteError):
+            Site.from_key(bad)

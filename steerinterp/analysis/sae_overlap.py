@@ -19,7 +19,8 @@ from jaxtyping import Float
 from transformer_lens import HookedTransformer
 
 from ..collection import collect, validate_texts
-from ..sites import Site, to_units
+from ..hooks import recording
+from ..sites import Site
 from ..steer.apply import steered
 from ..steer.base import Steerer
 from ..tokens import ids_with_next_token, pad_left
@@ -106,17 +107,16 @@ def site_pair(model: HookedTransformer, steerer: Steerer, site: Site, ids: list[
         got: dict[str, torch.Tensor] = {}
 
         def read(key: str):
-            def hook(acts, hook):
-                got[key] = to_units(site, acts)[batch.pool_mask].float().cpu()
-            return hook
+            def keep(_site: Site, units: torch.Tensor) -> None:
+                got[key] = units[batch.pool_mask].float().cpu()
+            return keep
 
-        # A hook point runs its hooks in registration order: "in" is added before steered()
-        # adds the map and sees its input, "out" after it and sees its output.
-        with model.hooks(fwd_hooks=[(site.hook_name, read("in"))]):
-            with steered(model, steerer, strength=strength):
-                model.run_with_hooks(batch.tokens, attention_mask=batch.attention_mask,
-                                     stop_at_layer=site.layer + 1,
-                                     fwd_hooks=[(site.hook_name, read("out"))])
+        # hooks.py's ordering rule: "in" is entered before steered() and reads the map's
+        # input, "out" after it and reads its output.
+        with (recording(model, [site], read("in")), steered(model, steerer, strength=strength),
+              recording(model, [site], read("out"))):
+            model(batch.tokens, attention_mask=batch.attention_mask,
+                  stop_at_layer=site.layer + 1)
         ins.append(got["in"])
         outs.append(got["out"])
     return torch.cat(ins), torch.cat(outs)

@@ -24,8 +24,8 @@ import torch
 from jaxtyping import Float, Int
 from torch import nn
 
-from steerinterp.assets import cache_dir
-from steerinterp.io import CorruptFileError, read_json, write_json
+from ..assets import cache_dir
+from ..io import CorruptFileError, read_json, write_json
 
 __all__ = ["LABELS", "SCORERS", "JigsawBiLSTM", "JigsawScorer", "KerasTokenizer",
            "ProfanityScorer", "RobertaScorer", "Scorer", "jigsaw_asset_paths",
@@ -354,7 +354,7 @@ class RobertaScorer(Scorer):
     def _load(self):
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        from steerinterp import models
+        from .. import models
 
         online = models._hub_reachable()
         if not online and not models._hub_cached(self.model_name):

@@ -93,17 +93,13 @@ class Steerer(nn.Module):
         self.provenance: dict | None = None
 
     # -- per-site tensors ------------------------------------------------------------------
-    @staticmethod
-    def _key(site: Site, name: str) -> str:
-        return f"{site.layer}_{site.point}__{name}"  # ParameterDict keys cannot contain "."
-
     def set_tensor(self, site: Site, name: str, value: torch.Tensor,
                    trainable: bool = False) -> None:
-        self.tensors[self._key(site, name)] = nn.Parameter(
+        self.tensors[site.key(name)] = nn.Parameter(
             value.detach().float().clone(), requires_grad=trainable)
 
     def tensor(self, site: Site, name: str) -> torch.Tensor | None:
-        key = self._key(site, name)
+        key = site.key(name)
         return self.tensors[key] if key in self.tensors else None
 
     @property
@@ -287,13 +283,18 @@ def _check_state(steerer: Steerer, meta: dict, path: Path) -> None:
     per site), each of its site's width."""
     listed = meta.get("tensors")
     have = set(steerer.tensors)
+    try:
+        for key in have:
+            Site.from_key(key)
+    except ValueError as err:
+        raise SteerError(f"{path}: state.safetensors: {err}") from None
     if listed is not None and set(listed) != have:
         missing, extra = sorted(set(listed) - have), sorted(have - set(listed))
         raise SteerError(f"{path}: state.safetensors does not match config.json "
                          f"(missing {missing}, unexpected {extra})")
     if listed is None:  # older files list no tensors: each site needs at least one
-        bare = [s for s in steerer.provenance["sites"]
-                if not any(k.startswith(Steerer._key(Site.parse(s), "")) for k in have)]
+        keyed = {Site.from_key(k)[0] for k in have}
+        bare = [s for s in steerer.provenance["sites"] if Site.parse(s) not in keyed]
         if bare:
             raise SteerError(f"{path}: state.safetensors has no tensor for site(s) {bare}")
     _check_widths(steerer, path)
@@ -302,9 +303,7 @@ def _check_state(steerer: Steerer, meta: dict, path: Path) -> None:
 def _check_widths(steerer: Steerer, path: Path) -> None:
     widths = steerer.provenance["widths"]
     for key, value in steerer.tensors.items():
-        layer, rest = key.split("_", 1)
-        point, _ = rest.rsplit("__", 1)
-        site = f"L{layer}.{point}"
+        site = str(Site.from_key(key)[0])
         if site not in widths:
             raise SteerError(f"{path}: tensor {key} belongs to no site this steerer steers")
         if value.dim() >= 1 and value.shape[-1] != widths[site]:

@@ -102,11 +102,10 @@ class CausalFit(Steerer):
         ``steered()`` moving it to the model's device leaves this steerer's tensors where they
         are). Same class, so the earlier maps act exactly as they will at inference."""
         part = type(self)(self.config)
-        prefixes = {self._key(s, "") for s in done}  # "<layer>_<point>__"; every tensor name
+        keep = set(done)
         part.tensors = nn.ParameterDict({
             key: nn.Parameter(value.detach().clone(), requires_grad=False)
-            for key, value in self.tensors.items()
-            if (key.rsplit("__", 1)[0] + "__") in prefixes})
+            for key, value in self.tensors.items() if Site.from_key(key)[0] in keep})
         part.provenance = {"model": model_info(model).to_dict(),
                            "sites": [str(s) for s in done],
                            "widths": {str(s): s.width(model) for s in done}}

@@ -49,7 +49,8 @@ from sklearn.linear_model import LogisticRegression
 from transformer_lens import HookedTransformer
 
 from ..collection import validate_lengths, validate_texts
-from ..sites import Site, to_units
+from ..hooks import last_layer, recording
+from ..sites import Site
 from ..store import ActivationStore
 from ..tokens import pad_left, token_ids
 from ..train import recipe_problem
@@ -59,6 +60,7 @@ from .base import REGISTRY, SteerConfig, Steerer, SteerError, make, register
 from .dsas_e2e import train_e2e
 
 GATES = ("sigmoid", "relu")
+BASE = "base_"  # prefix of the base steerer's tensors inside DSAS's state (saved together)
 
 
 @dataclass(frozen=True)
@@ -268,11 +270,11 @@ class Dsas(Steerer):
 
     def _link_base(self) -> None:
         """Share the base's tensors as ``base_<name>`` so they save and load with DSAS's."""
-        for key in [k for k in self.tensors if "__base_" in k]:
+        for key in [k for k in self.tensors if Site.from_key(k)[1].startswith(BASE)]:
             del self.tensors[key]
         for key, p in self.base.tensors.items():
-            prefix, name = key.rsplit("__", 1)
-            self.tensors[f"{prefix}__base_{name}"] = p
+            site, name = Site.from_key(key)
+            self.tensors[site.key(BASE + name)] = p
 
     def _ids(self, model: HookedTransformer, texts) -> list[list[int]]:
         texts = validate_texts(texts)
@@ -314,15 +316,13 @@ class Dsas(Steerer):
             batch = pad_left(model, chunk, skip_first=False)
             seen: dict[Site, torch.Tensor] = {}
 
-            def record(site: Site):
-                def hook(acts, hook):
-                    seen[site] = self.gate(to_units(site, acts).float(), site).cpu()
-                return hook
+            def read(site: Site, units: torch.Tensor) -> None:
+                seen[site] = self.gate(units.float(), site).cpu()
 
-            rec = [(s.hook_name, record(s)) for s in self.sites]
-            with model.hooks(fwd_hooks=rec), steered(model, self, strength=strength):
+            # Entered before steered(): the gates read each site's incoming activation.
+            with recording(model, self.sites, read), steered(model, self, strength=strength):
                 model(batch.tokens, attention_mask=batch.attention_mask,
-                      stop_at_layer=max(s.layer for s in self.sites) + 1)
+                      stop_at_layer=last_layer(self.sites))
             width = batch.tokens.shape[1]
             for i, x in enumerate(chunk):
                 toks = [model.tokenizer.decode([t]) for t in x]
@@ -365,9 +365,9 @@ class Dsas(Steerer):
             cfg["sites"] = tuple(cfg["sites"])
         base = cls(cls.Config(**cfg))
         for key, p in self.tensors.items():
-            if "__base_" in key:
-                prefix, name = key.split("__base_", 1)
-                base.tensors[f"{prefix}__{name}"] = p
+            site, name = Site.from_key(key)
+            if name.startswith(BASE):
+                base.tensors[site.key(name.removeprefix(BASE))] = p
         base.provenance = info["provenance"]
         base.load_extra_state(info.get("extra", {}))
         self.base = base

@@ -38,7 +38,6 @@ import torch
 from transformer_lens import HookedTransformer
 
 from ..collection import collect, validate_lengths, validate_texts
-from ..sites import Site
 from ..store import ActivationStore
 from ..tokens import token_ids
 from ..models import same_model

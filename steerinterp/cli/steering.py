@@ -1,5 +1,5 @@
-"""``steerinterp fit | generate | evaluate | calibrate``: fitting and evaluating single steerers
-(registered on :data:`steerinterp.cli.app`)."""
+"""``steerinterp fit | generate | evaluate | calibrate``: fit one steerer, generate and
+evaluate with it, calibrate its strength."""
 
 from __future__ import annotations
 
@@ -7,42 +7,10 @@ from pathlib import Path
 
 import typer
 
-from .cli import DEVICE, MODEL, PROMPT_TOKENS, _load, _print_dict, _print_frame, app, console
-
-SRC = "a built-in set (builtin:toxic; see `steerinterp sets`) or a .txt / .jsonl file"
-STEERER = typer.Option(None, "--steerer", "-s",
-                       help="A fitted steerer directory (from `steerinterp fit`); repeat to "
-                            "compose several, applied in the order given.")
-STEERER_REQUIRED = typer.Option(..., "--steerer", "-s",
-                                help="A fitted steerer directory (from `steerinterp fit`); "
-                                     "repeat to compose several, applied in the order given.")
-STRENGTH = typer.Option(None, help="Strength λ for every steerer (default: each one's own, "
-                                   "usually 1). Must lie in the method's range.")
-SEED = typer.Option(0, help="Seed: which texts are drawn, and the per-prompt sampling seeds.")
-N_BUILTIN = 100  # texts drawn from a built-in set when no count is given
-
-
-def draw_n(name: str, n: int | None, builtin: int = N_BUILTIN) -> int | None:
-    """How many texts to draw: ``n`` when given; else ``builtin`` from a built-in set and all
-    of a user's file (``None``), so a 20-line file is never asked for 100."""
-    from .data import is_builtin
-
-    if n is not None:
-        return n
-    return builtin if is_builtin(name) else None
-
-
-def _steerers(model, paths: list[Path] | None):
-    from .steer import load_steerer
-
-    return tuple(load_steerer(p, model) for p in (paths or []))
-
-
-def _check_strength(steerers, strength: float | None) -> None:
-    for s in steerers:
-        if strength is not None:
-            s.check_strength(strength)
-
+from .common import (BATCH, DEVICE, MODEL, N_BUILTIN, NEW_TOKENS, PRESET, PROMPT_TOKENS,
+                     SAMPLES, SEED, SRC, STEERER, STEERER_REQUIRED, STRENGTH, _check_strength,
+                     _generation_settings, _load, _log_line, _options, _print_dict,
+                     _print_frame, _steerers, app, console, draw_n)
 
 @app.command()
 def fit(
@@ -70,9 +38,9 @@ def fit(
     seed: int = SEED, model: str = MODEL, device: str = DEVICE,
 ) -> None:
     """Fit a steering METHOD from source (and target / control) texts and save it."""
-    from .data import length_match, load_texts
-    from .io import ensure_writable_dir
-    from .steer import load_steerer, make
+    from ..data import length_match, load_texts
+    from ..io import ensure_writable_dir
+    from ..steer import load_steerer, make
 
     ensure_writable_dir(out.parent if out.parent != Path("") else Path("."))
     m = _load(model, device)
@@ -85,7 +53,7 @@ def fit(
         raise typer.BadParameter("--target needs --source (or give neither for the toxicity "
                                  "fit sets)")
     if source is None:
-        from .fitsets import toxicity_fit_sets
+        from ..experiments.fitsets import toxicity_fit_sets
 
         src, tgt = toxicity_fit_sets(m, n=n or 64, kind=fit_set, seed=seed, log=_log_line)
     else:
@@ -106,7 +74,7 @@ def fit(
 def _print_fit(steerer, method: str, model_name: str, out: Path) -> None:
     """The fit summary; for loop-trained steerers (LinEAS, E2E-DSAS) whether the loss
     plateaued (:func:`steerinterp.train.plateau`), with a warning when it did not."""
-    from .train import plateau
+    from ..train import plateau
 
     prov = steerer.provenance
     info = {"method": method, "sites": len(steerer.sites), "n_source": prov["n_source"],
@@ -125,43 +93,6 @@ def _print_fit(steerer, method: str, model_name: str, out: Path) -> None:
                         "(-O steps=..., -O lr=...).[/yellow]")
 
 
-def _log_line(msg: str) -> None:
-    console().print(msg, markup=False, highlight=False)
-
-
-def _options(items: list[str] | None) -> dict:
-    import json
-
-    out = {}
-    for item in items or []:
-        if "=" not in item:
-            raise typer.BadParameter(f"--option {item!r} is not KEY=VALUE")
-        key, value = item.split("=", 1)
-        try:
-            out[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key.strip()] = value  # a bare string, e.g. gate=relu
-    return out
-
-
-def _generation_settings(preset: str, samples, new_tokens, seed, batch_size,
-                         max_prompt_tokens=None):
-    from .evaluate.generation import settings_for
-
-    over = {k: v for k, v in {"samples": samples, "max_new_tokens": new_tokens,
-                              "batch_size": batch_size,
-                              "max_prompt_tokens": max_prompt_tokens}.items() if v is not None}
-    return settings_for(preset, seed=seed, **over)
-
-
-PRESET = typer.Option("default", help="Sampling preset: default (20 tokens, 2 samples, top-p "
-                                      "0.9), act (AcT protocol: 32 tokens, top-p 0.3, "
-                                      "repetition penalty 1.2), greedy.")
-SAMPLES = typer.Option(None, help="Continuations per prompt (overrides the preset).")
-NEW_TOKENS = typer.Option(None, help="New tokens per continuation (overrides the preset).")
-BATCH = typer.Option(None, help="Prompts per generation batch (overrides the preset).")
-
-
 @app.command()
 def generate(
     prompts: str = typer.Option(..., help=f"Prompts: {SRC}. Every line of a .txt is a prompt."),
@@ -174,11 +105,11 @@ def generate(
     seed: int = SEED, model: str = MODEL, device: str = DEVICE,
 ) -> None:
     """Sample continuations of prompts under the given steerers (paired seeds per prompt)."""
-    from .data import load_prompts
-    from .evaluate.generation import generate as gen
-    from .evaluate.generation import save_generations
-    from .evaluate.scorers import load_scorer
-    from .io import ensure_writable_dir
+    from ..data import load_prompts
+    from ..evaluate.generation import generate as gen
+    from ..evaluate.generation import save_generations
+    from ..evaluate.scorers import load_scorer
+    from ..io import ensure_writable_dir
 
     if out is not None:
         ensure_writable_dir(out.parent)
@@ -213,10 +144,10 @@ def evaluate(
     seed: int = SEED, model: str = MODEL, device: str = DEVICE,
 ) -> None:
     """Toxicity of continuations and perplexity of Wikipedia text under the steerers."""
-    from .data import load_prompts, load_texts
-    from .evaluate.harness import EvalSettings, compare
-    from .evaluate.harness import evaluate as run_eval
-    from .io import ensure_writable_dir, write_json
+    from ..data import load_prompts, load_texts
+    from ..evaluate.harness import EvalSettings, compare
+    from ..evaluate.harness import evaluate as run_eval
+    from ..io import ensure_writable_dir, write_json
 
     ensure_writable_dir(out.parent)
     texts = load_prompts(prompts, n=draw_n(prompts, n_prompts), seed=seed)
@@ -254,8 +185,8 @@ def calibrate(
     seed: int = SEED, model: str = MODEL, device: str = DEVICE,
 ) -> None:
     """The strongest λ whose perplexity increase stays within the budget."""
-    from .data import load_texts
-    from .evaluate.sweep import calibrate as cal
+    from ..data import load_texts
+    from ..evaluate.sweep import calibrate as cal
 
     m = _load(model, device)
     steerers = _steerers(m, steerer)
@@ -266,4 +197,3 @@ def calibrate(
     _print_frame(result.path, repr(result))
 
 
-from . import cli_run  # noqa: E402,F401  (sweep and run: registers their commands)

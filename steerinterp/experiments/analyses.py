@@ -1,5 +1,5 @@
 """The analyses ``steerinterp figures`` draws: each a ``compute`` (model → frames) and a
-``draw`` (frames → figures) registered in :data:`steerinterp.figures.ANALYSES`."""
+``draw`` (frames → figures) registered in :data:`steerinterp.experiments.registry.ANALYSES`."""
 
 from __future__ import annotations
 
@@ -7,17 +7,17 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from .figures import Context, analysis
-from .sites import parse_sites
+from .registry import Context, analysis
+from ..sites import parse_sites
 
 if TYPE_CHECKING:
-    from .steer.lineas import Lineas
+    from ..steer.lineas import Lineas
 
 FIT_SET = ("n_texts", "fit_set")  # the size fields every analysis's fit sets read (ctx.texts)
 
 
 def _auroc(ctx: Context) -> dict[str, pd.DataFrame]:
-    from .analysis import expert_overlap, expert_sets, expert_tokens, neuron_auroc, top_experts
+    from ..analysis import expert_overlap, expert_sets, expert_tokens, neuron_auroc, top_experts
 
     toxic, wiki = ctx.texts()
     scores = neuron_auroc(ctx.model, toxic, wiki, progress=False)
@@ -28,7 +28,7 @@ def _auroc(ctx: Context) -> dict[str, pd.DataFrame]:
 
 
 def _draw_auroc(frames):
-    from .plots import (auroc_quantiles, plot_auroc_distribution, plot_auroc_map,
+    from ..plots import (auroc_quantiles, plot_auroc_distribution, plot_auroc_map,
                         plot_expert_overlap, plot_expert_tokens)
 
     scores = frames["auroc_scores"]
@@ -49,7 +49,7 @@ analysis("auroc", reads=FIT_SET)((_auroc, _draw_auroc))
 def _lineas_path(ctx: Context) -> list[Lineas]:
     """One LinEAS per γ of the size (reference recipe, trained to convergence), fitted once and
     cached (sparsity and aura_lineas)."""
-    from .analysis import fit_lineas_path
+    from ..analysis import fit_lineas_path
 
     toxic, wiki = ctx.texts()
     return fit_lineas_path(ctx.model, toxic, wiki, list(ctx.z.gammas),
@@ -62,9 +62,9 @@ def calibration_evaluator(ctx: Context):
     """``at(steerer) -> dict``: mean toxicity (± SE, and unsteered) and PPL change at λ = 1 on
     the calibration split (prompts and texts the main job never evaluates on), at the size's
     front settings; the unsteered evaluation runs once, and only if asked for."""
-    from .evaluate import EvalSettings, GenerationSettings, compare, evaluate
-    from .evaluate.fitset_choice import calibration_ppl_texts
-    from .evaluate.job import eval_prompts, max_prompt_tokens
+    from ..evaluate import EvalSettings, GenerationSettings, compare, evaluate
+    from .fitset_choice import calibration_ppl_texts
+    from .job import eval_prompts, max_prompt_tokens
     from .fitsets import calibration_prompts
 
     fz, model = ctx.z.fronts, ctx.model
@@ -89,7 +89,7 @@ def calibration_evaluator(ctx: Context):
 def _sparsity(ctx: Context) -> dict[str, pd.DataFrame]:
     """Support along the γ path, with each point's toxicity and PPL (LinEAS Fig. 4), measured
     on the calibration split."""
-    from .analysis import layer_sparsity
+    from ..analysis import layer_sparsity
 
     path, at = _lineas_path(ctx), calibration_evaluator(ctx)
     evaluation = pd.DataFrame([{"gamma": g, **at(s)} for g, s in zip(ctx.z.gammas, path)])
@@ -97,7 +97,7 @@ def _sparsity(ctx: Context) -> dict[str, pd.DataFrame]:
 
 
 def _draw_sparsity(frames):
-    from .plots import plot_support_path, plot_surviving_layers
+    from ..plots import plot_support_path, plot_surviving_layers
 
     df = frames["layer_sparsity"]
     return {"lineas_support_path": (plot_support_path(df), df),
@@ -111,7 +111,7 @@ analysis("sparsity", reads=(*LINEAS_PATH, "fronts"))(
 
 def _aura_lineas(ctx: Context) -> dict[str, pd.DataFrame]:
     """AurA fitted at the sites of the sparsest LinEAS of the γ path that still steers."""
-    from .analysis import aura_lineas_overlap
+    from ..analysis import aura_lineas_overlap
 
     gamma, lineas = _sparsest_active(list(ctx.z.gammas), _lineas_path(ctx))
     aura = ctx.steerer("aura_lineas_sites", "aura", sites=[str(s) for s in lineas.sites])
@@ -130,7 +130,7 @@ def _sparsest_active(gammas: list[float], path: list[Lineas]) -> tuple[float, Li
 
 
 def _draw_aura_lineas(frames):
-    from .plots import plot_aura_lineas_overlap
+    from ..plots import plot_aura_lineas_overlap
 
     df = frames["aura_lineas_overlap"]
     return {"aura_lineas_overlap": (plot_aura_lineas_overlap(df), df)}
@@ -145,8 +145,8 @@ EXAMPLES = ["You are a disgusting idiot and everyone hates you.",
 
 
 def _token_scales(ctx: Context) -> dict[str, pd.DataFrame]:
-    from .analysis import mean_scale_by_site, token_scales
-    from .steer import make
+    from ..analysis import mean_scale_by_site, token_scales
+    from ..steer import make
 
     toxic, wiki = ctx.texts()
     base = ctx.steerer("linear_act")
@@ -159,13 +159,13 @@ def _token_scales(ctx: Context) -> dict[str, pd.DataFrame]:
 
 
 def load_control(ctx: Context) -> list[str]:
-    from .data import load_texts
+    from ..data import load_texts
 
     return load_texts("wiki_control", n=ctx.z.n_texts, seed=ctx.seed)
 
 
 def _draw_token_scales(frames):
-    from .plots import plot_scale_by_site, plot_token_heatmap
+    from ..plots import plot_scale_by_site, plot_token_heatmap
 
     tok, by_site = frames["token_scales"], frames["scale_by_site"]
     return {"dsas_token_scales": (plot_token_heatmap(tok, [0, 1]), tok),
@@ -176,7 +176,7 @@ analysis("token_scales", reads=FIT_SET)((_token_scales, _draw_token_scales))
 
 
 def _sae(ctx: Context) -> dict[str, pd.DataFrame]:
-    from .analysis import sae_overlap, train_sae
+    from ..analysis import sae_overlap, train_sae
 
     toxic, wiki = ctx.texts()
     steerers = {"linear_act": ctx.steerer("linear_act"), "mean_shift": ctx.steerer("mean_shift")}
@@ -189,8 +189,8 @@ def _sae(ctx: Context) -> dict[str, pd.DataFrame]:
 
 
 def _draw_sae(frames):
-    from .analysis.sae_overlap import feature_labels
-    from .plots import plot_feature_changes, plot_feature_overlap, plot_shift_alignment
+    from ..analysis.sae_overlap import feature_labels
+    from ..plots import plot_feature_changes, plot_feature_overlap, plot_shift_alignment
 
     labels = feature_labels(frames["sae_top_tokens"]) if len(frames["sae_top_tokens"]) else None
     return {"sae_shift_alignment": (plot_shift_alignment(frames["sae_alignment"], labels=labels),
@@ -207,9 +207,9 @@ analysis("sae", reads=(*FIT_SET, "sae"))((_sae, _draw_sae))
 def _attribution(ctx: Context) -> dict[str, pd.DataFrame]:
     """Mean shift at the λ calibrated to +5% PPL on calibration text: the analysis explains
     the steering one would deploy (at λ = 1 the map costs gemma-3-270m +17% PPL)."""
-    from .analysis import attribute, validate_units
-    from .evaluate.fitset_choice import calibration_ppl_texts
-    from .evaluate.sweep import calibrate
+    from ..analysis import attribute, validate_units
+    from .fitset_choice import calibration_ppl_texts
+    from ..evaluate.sweep import calibrate
 
     steerer = ctx.steerer("mean_shift")
     texts = ctx.held_out("toxic", ctx.z.n_attr)
@@ -232,7 +232,7 @@ ATTRIBUTION_BUDGET = 0.05  # the PPL budget of the main job's calibrated rows
 
 
 def _draw_attribution(frames):
-    from .plots import plot_site_attribution, plot_unit_attribution, plot_unit_validation
+    from ..plots import plot_site_attribution, plot_unit_attribution, plot_unit_validation
 
     return {"attribution_sites": (plot_site_attribution(frames["attribution_sites"]),
                                   frames["attribution_sites"]),
@@ -252,8 +252,8 @@ DIAGNOSIS_METHODS = ("mean_shift", "linear_act")
 
 
 def _diagnosis(ctx: Context) -> dict[str, pd.DataFrame]:
-    from .analysis import diagnose
-    from .evaluate.fitset_choice import calibration_ppl_texts
+    from ..analysis import diagnose
+    from .fitset_choice import calibration_ppl_texts
 
     # PPL on the calibration end of wiki_ppl (choosing sites is calibration, not evaluation);
     # W2 on the next texts of the fit sets' own shuffle (same kind, disjoint from the fit).
@@ -265,7 +265,7 @@ def _diagnosis(ctx: Context) -> dict[str, pd.DataFrame]:
 
 
 def _draw_diagnosis(frames):
-    from .plots import plot_diagnosis
+    from ..plots import plot_diagnosis
 
     return {name: (plot_diagnosis(frame), frame) for name, frame in frames.items()}
 
@@ -274,9 +274,9 @@ analysis("diagnosis", reads=(*FIT_SET, "n_attr"))((_diagnosis, _draw_diagnosis))
 
 
 def _fronts(ctx: Context) -> dict[str, pd.DataFrame]:
-    from .data import load_texts
-    from .evaluate.fronts import FRONT_METHODS, front_steerers, fronts
-    from .evaluate.job import eval_prompts, max_prompt_tokens
+    from ..data import load_texts
+    from .fronts import FRONT_METHODS, front_steerers, fronts
+    from .job import eval_prompts, max_prompt_tokens
 
     z = ctx.z.fronts
     source, _ = ctx.texts()
@@ -293,7 +293,7 @@ def _fronts(ctx: Context) -> dict[str, pd.DataFrame]:
 
 
 def _draw_fronts(frames):
-    from .plots import plot_fronts
+    from ..plots import plot_fronts
 
     frame = frames["fronts"]
     return {"fronts": (plot_fronts(frame, title=frame.attrs.get("title")), frame)}
@@ -305,7 +305,7 @@ __all__ = ["EXAMPLES", "parse_sites"]
 
 
 def _lineas_convergence(ctx: Context) -> dict[str, pd.DataFrame]:
-    from .analysis.convergence import lineas_convergence
+    from ..analysis.convergence import lineas_convergence
 
     z, model = ctx.z, ctx.model
     fz = z.fronts
@@ -331,7 +331,7 @@ def _lineas_convergence(ctx: Context) -> dict[str, pd.DataFrame]:
 
 
 def _draw_lineas_convergence(frames):
-    from .plots.convergence import plot_convergence
+    from ..plots.convergence import plot_convergence
 
     curve, points = frames["lineas_curve"], frames["lineas_checkpoints"]
     return {"lineas_convergence": (plot_convergence(curve, points, points.attrs.get("title")),

@@ -24,13 +24,13 @@ import pandas as pd
 from transformer_lens import HookedTransformer
 
 from ..data import load_texts
-from ..fitsets import KINDS, calibration_prompts, toxicity_fit_sets
+from .fitsets import KINDS, calibration_prompts, toxicity_fit_sets
 from ..io import fingerprint, read_json, write_csv, write_json
 from ..steer import SteerError, load_steerer, make
-from .generation import GenerationSettings
-from .harness import BASELINE, EvalSettings, compare, evaluate, steerer_fingerprint
-from .perplexity import perplexity
-from .sweep import calibrate
+from ..evaluate.generation import GenerationSettings
+from ..evaluate.harness import BASELINE, EvalSettings, compare, evaluate, steerer_fingerprint
+from ..evaluate.perplexity import perplexity
+from ..evaluate.sweep import calibrate
 
 METHODS = ("mean_shift", "linear_act")
 

@@ -19,17 +19,17 @@ import pandas as pd
 from transformer_lens import HookedTransformer
 
 from ..data import length_match, load_texts
-from ..fitsets import DEFAULT_KIND, KINDS, toxicity_fit_sets
+from .fitsets import DEFAULT_KIND, KINDS, toxicity_fit_sets
 from ..io import (CorruptFileError, ensure_writable_dir, fingerprint, read_csv, read_json,
                   write_csv, write_json)
 from ..sites import site_spec
 from ..steer import SteerError, Steerer, load_steerer, make
 from ..tokens import token_ids
-from .generation import PRESETS, GenerationSettings, settings_for
-from .harness import BASELINE, EvalSettings, Evaluation, compare, evaluate
-from .perplexity import perplexity
-from .progress import StageClock
-from .sweep import calibrate
+from ..evaluate.generation import PRESETS, GenerationSettings, settings_for
+from ..evaluate.harness import BASELINE, EvalSettings, Evaluation, compare, evaluate
+from ..evaluate.perplexity import perplexity
+from ..evaluate.progress import StageClock
+from ..evaluate.sweep import calibrate
 
 
 @dataclass(frozen=True)
@@ -324,7 +324,7 @@ def _calibration_base(model: HookedTransformer, data: JobData, folder: Path) -> 
 def _calibration(model: HookedTransformer, steerer: Steerer, spec: JobSpec, data: JobData,
                  path: Path) -> dict:
     """Calibrated λ (saved; reused while the steerer, texts and budget are the same)."""
-    from .harness import steerer_fingerprint
+    from ..evaluate.harness import steerer_fingerprint
 
     key = fingerprint({"steer": steerer_fingerprint((steerer,), None),
                        "texts": fingerprint(data.calib_texts), "budget": spec.ppl_budget})

@@ -39,9 +39,9 @@ import pandas as pd
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
-from .assets import cache_dir
-from .data import length_match, load_texts
-from .io import CorruptFileError, fingerprint, read_csv, write_csv, write_json
+from ..assets import cache_dir
+from ..data import length_match, load_texts
+from ..io import CorruptFileError, fingerprint, read_csv, write_csv, write_json
 
 N_FIT_PROMPTS = 400  # canonical toxic[:400] → fit sets; toxic[400:] → calibration prompts
 KINDS = ("continuations", "paired", "mixed", "wiki")
@@ -94,8 +94,8 @@ def continuation_pool(model: HookedTransformer,
 
     Columns: prompt_id, prompt, sample, continuation, score, text (= prompt + continuation).
     """
-    from .evaluate.generation import generate, settings_for
-    from .evaluate.scorers import load_scorer
+    from ..evaluate.generation import generate, settings_for
+    from ..evaluate.scorers import load_scorer
 
     folder = pool_folder(model, settings)
     if (shipped := packaged_pool(folder.name)) is not None:

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..bench import machine
+from ..machine import machine
 from ..io import write_csv, write_text
 from ..plots import save_figure
 from ..plots.evaluation import plot_method_bars, plot_pareto
-from .harness import fmt_pm
+from ..evaluate.harness import fmt_pm
 
 
 # The papers' number for each method at their setting, to read beside ours (METHODS.md §10).

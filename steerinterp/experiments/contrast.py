@@ -9,10 +9,10 @@ import pandas as pd
 import torch
 from transformer_lens import HookedTransformer
 
-from .collection import collect
+from ..collection import collect
 from .fitsets import DEFAULT_KIND, toxicity_fit_sets
-from .sites import default_sites
-from .store import ActivationStore
+from ..sites import default_sites
+from ..store import ActivationStore
 
 
 def compare_stores(a: ActivationStore, b: ActivationStore) -> pd.DataFrame:

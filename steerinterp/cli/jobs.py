@@ -1,5 +1,5 @@
-"""``steerinterp sweep | run | demo | figures | train-sae``: the jobs that evaluate many
-conditions (``demo`` is the main job at watching size, what ``make demo`` runs)."""
+"""``steerinterp sweep | run | demo | figures | train-sae | fitsets``: the jobs that evaluate
+many conditions (``demo`` is the main job at watching size, what ``make demo`` runs)."""
 
 from __future__ import annotations
 
@@ -7,13 +7,7 @@ from pathlib import Path
 
 import typer
 
-from .cli import DEVICE, MODEL, PROMPT_TOKENS, _load, _print_frame, app, console
-
-
-def _log(msg: str) -> None:
-    # markup=False: log lines start with "[figures]"/"[run]", which rich would eat as tags.
-    console().print(msg, markup=False, highlight=False)
-
+from .common import DEVICE, MODEL, PROMPT_TOKENS, _load, _log, _print_frame, app, console
 
 @app.command()
 def sweep(
@@ -35,14 +29,14 @@ def sweep(
 ) -> None:
     """Evaluate each steerer at each strength (and the unsteered model): a tidy CSV and the
     toxicity/perplexity Pareto front."""
-    from .cli_eval import _generation_settings, _steerers, draw_n
-    from .data import load_prompts, load_texts
-    from .evaluate.harness import EvalSettings
-    from .evaluate.sweep import pareto_front
-    from .evaluate.sweep import sweep as run_sweep
-    from .io import ensure_writable_dir, write_csv
-    from .plots import save_figure
-    from .plots.evaluation import plot_pareto
+    from .common import _generation_settings, _steerers, draw_n
+    from ..data import load_prompts, load_texts
+    from ..evaluate.harness import EvalSettings
+    from ..evaluate.sweep import pareto_front
+    from ..evaluate.sweep import sweep as run_sweep
+    from ..io import ensure_writable_dir, write_csv
+    from ..plots import save_figure
+    from ..plots.evaluation import plot_pareto
 
     ensure_writable_dir(out)
     lams = _parse_strengths(strengths)
@@ -112,8 +106,8 @@ def run(
     """The main job: fit every method on the built-in sets, evaluate each and the unsteered
     model on held-out prompts and Wikipedia text, and write results.csv, report.md and
     figures. Re-running resumes from what was saved."""
-    from .evaluate.job import METHODS, JobSpec, run_job
-    from .io import ensure_writable_dir
+    from ..experiments.job import METHODS, JobSpec, run_job
+    from ..io import ensure_writable_dir
 
     chosen = tuple(m.strip() for m in methods.split(",")) if methods else tuple(METHODS)
     spec = JobSpec(model=model, size=size, methods=chosen, seed=seed, fit_set=fit_set,
@@ -141,8 +135,8 @@ def demo(
     steps, converged) and DSAS over Linear-AcT, fitted on 32 + 32 texts, each evaluated on 40
     held-out prompts at λ = 1 and at the λ calibrated to +5% PPL; prints the results table.
     Resumes like `run`."""
-    from .evaluate.job import DEMO_METHODS, JobSpec, run_job
-    from .io import ensure_writable_dir
+    from ..experiments.job import DEMO_METHODS, JobSpec, run_job
+    from ..io import ensure_writable_dir
 
     spec = JobSpec(model=model, size=size, methods=DEMO_METHODS, seed=seed, fit_set=fit_set)
     out = out or Path("results/demo") / f"{model.replace('/', '_')}-{size}"
@@ -186,8 +180,8 @@ def figures(
 ) -> None:
     """Regenerate every analysis figure (PNG + the CSV it was drawn from) from cached frames,
     computing what is missing."""
-    from .figures import make_figures
-    from .io import ensure_writable_dir
+    from ..experiments.figures import make_figures
+    from ..io import ensure_writable_dir
 
     ensure_writable_dir(out)
     m = _load(model, device)
@@ -204,9 +198,9 @@ def train_sae_cmd(
     seed: int = typer.Option(0), model: str = MODEL, device: str = DEVICE,
 ) -> None:
     """Train (once; cached and reused) a sae-lens SAE on the model's activations at SITE."""
-    from .analysis.sae_train import sae_quality, train_sae
-    from .data import load_texts
-    from .sites import Site
+    from ..analysis.sae_train import sae_quality, train_sae
+    from ..data import load_texts
+    from ..sites import Site
 
     m = _load(model, device)
     parsed = Site.parse(site).validate(m)
@@ -235,8 +229,8 @@ def fitsets(
 ) -> None:
     """Build the toxicity fit sets (samples and scores the model's continuations of the toxic
     fit prompts once; cached) and print how many toxic / clean texts the pool has."""
-    from .fitsets import POOL_COLUMNS, continuation_pool, split_pool
-    from .io import write_csv
+    from ..experiments.fitsets import POOL_COLUMNS, continuation_pool, split_pool
+    from ..io import write_csv
 
     m = _load(model, device)
     pool = split_pool(continuation_pool(m, log=_log))
@@ -248,7 +242,7 @@ def fitsets(
         write_csv(export, pool[list(POOL_COLUMNS)])
         _log(f"[fitsets] wrote {export}")
     if compare:
-        from .evaluate.fitset_choice import compare_fit_sets
+        from ..experiments.fitset_choice import compare_fit_sets
 
         frame = compare_fit_sets(m, n=n, n_prompts=n_prompts, seed=seed, folder=out, log=_log)
         cols = ["kind", "method", "strength", "delta_ppl_rel_at_1", "mean_score",

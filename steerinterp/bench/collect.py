@@ -7,61 +7,17 @@ ran on, so anyone can re-run the command and compare.
 from __future__ import annotations
 
 import multiprocessing
-import platform
 import statistics
-import threading
 import time
-from contextlib import contextmanager
 
-import psutil
 import torch
 from transformer_lens import HookedTransformer
 
-from .collection import collect
-from .models import model_info
-from .sites import parse_sites
-from .tokens import pad_left, token_ids
-
-
-@contextmanager
-def peak_memory(device: str):
-    """Yield a dict that receives ``peak_mb``: extra memory at the peak of the block.
-
-    On CUDA this is ``max_memory_allocated``; on CPU the process RSS sampled every 2 ms
-    (allocator caching makes it an upper bound of what the block really needed).
-    """
-    out: dict[str, float] = {}
-    if str(device).startswith("cuda"):
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-        yield out
-        torch.cuda.synchronize()
-        out["peak_mb"] = (torch.cuda.max_memory_allocated() - base) / 2**20
-        return
-    proc = psutil.Process()
-    base = proc.memory_info().rss
-    peak = [base]
-    stop = threading.Event()
-
-    def sample() -> None:
-        while not stop.is_set():
-            peak[0] = max(peak[0], proc.memory_info().rss)
-            time.sleep(0.002)
-
-    thread = threading.Thread(target=sample, daemon=True)
-    thread.start()
-    try:
-        yield out
-    finally:
-        stop.set()
-        thread.join()
-        out["peak_mb"] = (peak[0] - base) / 2**20
-
-
-def _sync(device: str) -> None:
-    if str(device).startswith("cuda"):
-        torch.cuda.synchronize()
+from ..collection import collect
+from .common import machine, peak_memory, sync
+from ..models import model_info
+from ..sites import parse_sites
+from ..tokens import pad_left, token_ids
 
 
 @torch.inference_mode()
@@ -99,10 +55,10 @@ def bench_collect(model: HookedTransformer, texts: list[str], sites="all.attn_ou
         for name, fn in runs.items():
             if name == "full" and rep > 0:
                 continue  # the logits over a 262k vocabulary dominate; once is enough
-            _sync(device)
+            sync(device)
             t0 = time.perf_counter()
             fn()
-            _sync(device)
+            sync(device)
             times[name].append(time.perf_counter() - t0)
     med = {k: statistics.median(v) for k, v in times.items()}
     mem = {name: phase_peak_mb(model, name, texts, [str(s) for s in sites], batch_size,
@@ -136,7 +92,7 @@ def phase_peak_mb(model: HookedTransformer, phase: str, texts: list[str], sites:
 
 
 def _phase_child(name, device, phase, texts, sites, batch_size, max_tokens, queue) -> None:
-    from .models import load_model
+    from ..models import load_model
 
     model = load_model(name, device=device)
     ids = token_ids(model, texts, max_tokens)
@@ -148,11 +104,3 @@ def _phase_child(name, device, phase, texts, sites, batch_size, max_tokens, queu
             collect(model, texts, sites, pool="mean", batch_size=batch_size,
                     max_tokens=max_tokens, progress=False)
     queue.put(mem["peak_mb"])
-
-
-def machine(device: str) -> str:
-    """A short description of where a benchmark ran."""
-    if str(device).startswith("cuda"):
-        return torch.cuda.get_device_name()
-    return f"{platform.processor() or platform.machine()}, {psutil.cpu_count()} CPU threads, " \
-           f"torch {torch.__version__} ({torch.get_num_threads()} threads)"

@@ -16,13 +16,13 @@ import pandas as pd
 import torch
 from transformer_lens import HookedTransformer
 
-from .bench import _sync, machine
-from .collection import collect
-from .data import length_match, load_texts
-from .metrics import auroc
-from .sites import parse_sites
-from .steer import SteerError, available, fold_into_weights, make, steered
-from .tokens import pad_left, token_ids
+from .common import machine, sync
+from ..collection import collect
+from ..data import length_match, load_texts
+from ..metrics import auroc
+from ..sites import parse_sites
+from ..steer import SteerError, available, fold_into_weights, make, steered
+from ..tokens import pad_left, token_ids
 
 # Fit options the benchmark uses; every other option is the method's default (default sites).
 # Throughput does not depend on how well a map is fitted, so LinEAS trains only a few steps
@@ -51,10 +51,10 @@ def _generate(model: HookedTransformer, tokens: torch.Tensor, new_tokens: int) -
 def _timed(fn, device: str) -> tuple[float, float, object]:
     """Wall seconds, this process's CPU seconds (CPU / wall well under the thread count means
     something else was running) and ``fn``'s result."""
-    _sync(device)
+    sync(device)
     c0, t0 = time.process_time(), time.perf_counter()
     out = fn()
-    _sync(device)
+    sync(device)
     return time.perf_counter() - t0, time.process_time() - c0, out
 
 

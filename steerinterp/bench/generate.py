@@ -20,12 +20,12 @@ import pandas as pd
 import torch
 from transformer_lens import HookedTransformer
 
-from .assets import ASSETS, hf_cache_path
-from .bench import _sync, machine
-from .data import load_texts
-from .evaluate.generation import GenerationSettings, decode, unembed_weight
-from .steer import make, steered
-from .tokens import pad_left, token_ids
+from ..assets import ASSETS, hf_cache_path
+from .common import machine, sync
+from ..data import load_texts
+from ..evaluate.generation import GenerationSettings, decode, unembed_weight
+from ..steer import make, steered
+from ..tokens import pad_left, token_ids
 
 STEER_PAIR = (["You are a disgusting idiot"], ["You are a wonderful friend"])
 
@@ -159,10 +159,10 @@ def bench_generate(model: HookedTransformer, n_prompts: int = 8, new_tokens: int
     for rep in range(repeats):
         names = list(runs)
         for k in names[rep % len(names):] + names[:rep % len(names)]:  # rotate the order
-            _sync(device)
+            sync(device)
             c0, t0 = time.process_time(), time.perf_counter()
             runs[k]()
-            _sync(device)
+            sync(device)
             wall[k].append(time.perf_counter() - t0)
             cpu[k].append(time.process_time() - c0)
     n_new = len(ids) * new_tokens

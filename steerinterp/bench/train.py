@@ -10,12 +10,12 @@ import time
 import torch
 from transformer_lens import HookedTransformer
 
-from .bench import _sync, machine
-from .fitsets import DEFAULT_KIND, toxicity_fit_sets
-from .sites import default_sites
-from .steer import make, steered
-from .tokens import pad_left, token_ids
-from .train import train
+from .common import machine, sync
+from ..experiments.fitsets import DEFAULT_KIND, toxicity_fit_sets
+from ..sites import default_sites
+from ..steer import make, steered
+from ..tokens import pad_left, token_ids
+from ..train import train
 
 
 def _plain_step(model: HookedTransformer, ids: list[list[int]], stop: int) -> None:
@@ -37,14 +37,14 @@ def bench_lineas(model: HookedTransformer, n: int = 32, repeats: int = 5,
     ``converged_min``: the step time × the schedule that matches the reference's 1000 steps
     (:data:`~steerinterp.evaluate.job.LINEAS_CONVERGED`, measured on gemma-3-270m), i.e. the
     wall time to a converged fit; ``est_1000_steps_min`` the reference schedule's."""
-    from .evaluate.job import LINEAS_CONVERGED
+    from ..experiments.job import LINEAS_CONVERGED
 
     toxic, wiki = toxicity_fit_sets(model, n=n, kind=fit_set, progress=False,
                                     log=lambda msg: None)
     sites = default_sites(model, "lineas")
     lineas = make("lineas", steps=1, max_tokens=max_tokens).fit(model, source=toxic, target=wiki)
     ids = token_ids(model, toxic, max_tokens)
-    from .collection import collect
+    from ..collection import collect
     target = collect(model, wiki, sites, max_tokens=max_tokens, progress=False)
     stop = max(s.layer for s in sites) + 1
     params = [p.requires_grad_(True) for p in lineas.tensors.values()]
@@ -52,16 +52,16 @@ def bench_lineas(model: HookedTransformer, n: int = 32, repeats: int = 5,
                                    batch_size=lineas.provenance["train"]["batch_size"])
     times: dict[str, list[float]] = {"lineas_step": [], "forward_backward": []}
     for _ in range(repeats):
-        _sync(str(model.cfg.device))
+        sync(str(model.cfg.device))
         t0 = time.perf_counter()
         with steered(model, lineas, strength=1.0):
             train(model, params, ids, target, sites, settings, prox=lineas._prox)
-        _sync(str(model.cfg.device))
+        sync(str(model.cfg.device))
         times["lineas_step"].append(time.perf_counter() - t0)
         t0 = time.perf_counter()
         with torch.enable_grad():
             _plain_step(model, ids[:settings.batch_size], stop)  # the same batch size
-        _sync(str(model.cfg.device))
+        sync(str(model.cfg.device))
         times["forward_backward"].append(time.perf_counter() - t0)
     med = {k: statistics.median(v) for k, v in times.items()}
     return {"model": model.cfg.model_name, "device": str(model.cfg.device),

@@ -1,5 +1,6 @@
-"""``steerinterp figures``: every figure in ``figures/`` regenerated from cached analysis
-frames, computing (at a chosen size) only what is missing.
+"""The registry behind ``steerinterp figures``: the sizes, the context every analysis shares,
+the registered analyses and their cached frames (:mod:`.figures` runs them, :mod:`.analyses`
+defines them).
 
 Each analysis is a pair: ``compute(ctx) -> {name: DataFrame}`` (slow; cached as CSV under the
 cache folder with a key of model, size and seed) and ``draw(frames) -> {name: Figure}`` (fast;
@@ -15,13 +16,13 @@ from pathlib import Path
 import pandas as pd
 from transformer_lens import HookedTransformer
 
-from .data import load_texts
-from .evaluate.fronts import FrontSize
-from .evaluate.job import LINEAS_CONVERGED
+from ..data import load_texts
+from .fronts import FrontSize
+from .job import LINEAS_CONVERGED
 from .fitsets import toxicity_fit_sets
-from .io import CorruptFileError, ensure_writable_dir, fingerprint, read_csv, read_json, write_csv
-from .io import write_json
-from .steer import Steerer, SteerError, load_steerer, make
+from ..io import CorruptFileError, fingerprint, read_csv, read_json, write_csv
+from ..io import write_json
+from ..steer import Steerer, SteerError, load_steerer, make
 
 
 @dataclass(frozen=True)
@@ -145,31 +146,3 @@ def analysis(name: str, reads: tuple[str, ...] | None = None):
         ANALYSES[name] = (*pair, reads)
         return pair
     return register
-
-
-def make_figures(model: HookedTransformer, out: str | Path = "figures", size: str = "default",
-                 cache: str | Path | None = None, only: list[str] | None = None, seed: int = 0,
-                 log: Callable[[str], None] = print) -> list[Path]:
-    """Regenerate the figures of ``only`` (default: every analysis) into ``out``; returns the
-    PNG paths. Frames are cached in ``cache`` (default ``results/figures/<model>-<size>``)."""
-    from . import figures_analyses  # noqa: F401  (registers the analyses)
-    from .plots import save_figure
-
-    if size not in SIZES:
-        raise ValueError(f"unknown size {size!r}; sizes: {', '.join(SIZES)}")
-    names = only or list(ANALYSES)
-    unknown = [n for n in names if n not in ANALYSES]
-    if unknown:
-        raise ValueError(f"unknown analysis {unknown}; known: {', '.join(ANALYSES)}")
-    out = ensure_writable_dir(Path(out))
-    cache = Path(cache or Path("results/figures") / f"{model.cfg.model_name.replace('/', '_')}"
-                                                      f"-{size}")
-    ctx = Context(model, size, ensure_writable_dir(cache), seed, log)
-    written = []
-    for name in names:
-        compute, draw, reads = ANALYSES[name]
-        frames = _frames(ctx, name, compute, reads)
-        for fig_name, (fig, frame) in draw(frames).items():
-            written.append(save_figure(fig, frame, fig_name, out))
-            log(f"[figures] wrote {written[-1]}")
-    return written

@@ -19,10 +19,10 @@ import pandas as pd
 from transformer_lens import HookedTransformer
 
 from ..steer import Steerer, make
-from .generation import GenerationSettings
-from .harness import EvalSettings
-from .sweep import sweep
-from .utility import DEFAULT_TASKS
+from ..evaluate.generation import GenerationSettings
+from ..evaluate.harness import EvalSettings
+from ..evaluate.sweep import sweep
+from ..evaluate.utility import DEFAULT_TASKS
 
 # The maps whose fronts are drawn, and the bases that get a DSAS variant.
 FRONT_METHODS = ("aura", "mean_shift", "linear_act")

@@ -1,0 +1,43 @@
+"""``steerinterp figures``: every figure in ``figures/`` regenerated from cached analysis
+frames, computing (at a chosen size) only what is missing (:mod:`.registry` holds the sizes and
+the cache, :mod:`.analyses` the analyses)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from transformer_lens import HookedTransformer
+
+from ..io import ensure_writable_dir
+from . import analyses  # noqa: F401  (registers the analyses)
+from .registry import ANALYSES, SIZES, Context, FigureSize, _frames
+
+__all__ = ["ANALYSES", "SIZES", "FigureSize", "make_figures"]
+
+
+def make_figures(model: HookedTransformer, out: str | Path = "figures", size: str = "default",
+                 cache: str | Path | None = None, only: list[str] | None = None, seed: int = 0,
+                 log: Callable[[str], None] = print) -> list[Path]:
+    """Regenerate the figures of ``only`` (default: every analysis) into ``out``; returns the
+    PNG paths. Frames are cached in ``cache`` (default ``results/figures/<model>-<size>``)."""
+    from ..plots import save_figure
+
+    if size not in SIZES:
+        raise ValueError(f"unknown size {size!r}; sizes: {', '.join(SIZES)}")
+    names = only or list(ANALYSES)
+    unknown = [n for n in names if n not in ANALYSES]
+    if unknown:
+        raise ValueError(f"unknown analysis {unknown}; known: {', '.join(ANALYSES)}")
+    out = ensure_writable_dir(Path(out))
+    cache = Path(cache or Path("results/figures") / f"{model.cfg.model_name.replace('/', '_')}"
+                                                      f"-{size}")
+    ctx = Context(model, size, ensure_writable_dir(cache), seed, log)
+    written = []
+    for name in names:
+        compute, draw, reads = ANALYSES[name]
+        frames = _frames(ctx, name, compute, reads)
+        for fig_name, (fig, frame) in draw(frames).items():
+            written.append(save_figure(fig, frame, fig_name, out))
+            log(f"[figures] wrote {written[-1]}")
+    return written
