@@ -45,7 +45,7 @@ def test_aura_lineas_frame_names_gamma_and_k(made):
     df = pd.read_csv(root / "figures" / "aura_lineas_overlap.csv")
     assert {"gamma", "k", "n_both", "p_value"} <= set(df.columns) and len(df)
     assert (df["k"] == 3).all()  # max(1, width // 10) on the tiny model (d_model 32)
-    assert df["gamma"].nunique() == 1 and df["gamma"].iloc[0] in figures.SIZES["quick"].gammas
+    assert df["gamma"].nunique() == 1 and df["gamma"].iloc[0] in figures.FIGURE_SIZES["quick"].gammas
 
 
 class _FakeLineas:
@@ -69,14 +69,14 @@ def test_figures_are_redrawn_from_cached_frames(model, made, monkeypatch):
     monkeypatch.setitem(figures.ANALYSES, "auroc",
                         (lambda ctx: pytest.fail("recomputed"), draw, reads))
     # A size field the analysis does not read may change without invalidating its frames.
-    quick = figures.SIZES["quick"]
-    monkeypatch.setitem(figures.SIZES, "quick", dataclasses.replace(quick, convergence=(5,)))
+    quick = figures.FIGURE_SIZES["quick"]
+    monkeypatch.setitem(figures.FIGURE_SIZES, "quick", dataclasses.replace(quick, convergence=(5,)))
     paths = figures.make_figures(model, root / "again", cache=root / "cache", only=["auroc"],
                                  **QUIET)
     assert {p.stem for p in paths} == {"auroc_map", "auroc_distribution", "expert_tokens",
                                        "expert_overlap"}
     # One it reads does.
-    monkeypatch.setitem(figures.SIZES, "quick", dataclasses.replace(quick, n_texts=11))
+    monkeypatch.setitem(figures.FIGURE_SIZES, "quick", dataclasses.replace(quick, n_texts=11))
     with pytest.raises(pytest.fail.Exception, match="recomputed"):
         figures.make_figures(model, root / "again", cache=root / "cache", only=["auroc"], **QUIET)
 

@@ -21,7 +21,7 @@ def test_figures_quick_fronts(model, tmp_path):
                                  only=["fronts"], size="quick", log=lambda msg: None)
     assert [p.stem for p in paths] == ["fronts"] and paths[0].stat().st_size > 2000
     df = pd.read_csv(paths[0].with_suffix(".csv"))
-    points = figures.SIZES["quick"].fronts.points
+    points = figures.FIGURE_SIZES["quick"].fronts.points
     expected = {*FRONT_METHODS, *(f"dsas+{m}" for m in FRONT_DSAS), "unsteered"}
     assert set(df["method"]) == expected
     assert len(df) == 1 + points * (len(expected) - 1)

@@ -70,7 +70,7 @@ class Restricted(Steerer):
                  unit_masks: Mapping[Site | str, Bool[torch.Tensor, "d"]] | None = None) -> None:
         if not isinstance(base, Steerer) or not base.fitted:
             raise SteerError(f"Restricted needs a fitted steerer, got {type(base).__name__}")
-        super().__init__(base.config)
+        super().__init__(base.config, check=False)  # the range is the base's (checked there)
         self.base = base
         self.method = f"restricted {base.method}"
         wanted = set(check_sites(sites, base.sites, f"the {base.method} steerer"))
@@ -88,8 +88,7 @@ class Restricted(Steerer):
 
     @property
     def strength_range(self) -> tuple[float, float] | None:
-        base = self.__dict__.get("_modules", {}).get("base")
-        return None if base is None else base.strength_range
+        return self.base.strength_range
 
     def _mask_site(self, key, kept: list[Site]) -> Site:
         site = check_sites([key], self.base.sites, f"the {self.base.method} steerer")[0]
@@ -120,7 +119,7 @@ class Restricted(Steerer):
         # where() rather than z + m·(out − z): unmasked units are the base's output bit for bit.
         return out if mask is None else torch.where(mask.to(acts.device), out, acts)
 
-    def fit(self, *args, **kwargs):
+    def fit(self, model, source, target=None, *, control=None):
         raise SteerError("Restricted is a view of a fitted steerer; fit the base instead")
 
     def save(self, path) -> None:

@@ -16,6 +16,7 @@ import pandas as pd
 import torch
 from transformer_lens import HookedTransformer
 
+from ..experiments.sizes import BENCH_OPTIONS
 from .common import machine, sync
 from ..collection import collect
 from ..data import length_match, load_texts
@@ -28,9 +29,6 @@ from ..tokens import pad_left, token_ids
 # Throughput does not depend on how well a map is fitted, so LinEAS trains only a few steps
 # here (1000 steps take ~50 min on a 2-core CPU); DSAS gates mean_shift, with the target set
 # as its control set.
-FIT_CONFIG: dict[str, dict] = {"det0": {"num_experts": 256}, "damp": {"num_experts": 256},
-                               "lineas": {"steps": 10},
-                               "dsas": {"target_as_control": True}}
 AUROC_POINTS = ("mlp_pre", "mlp_pre_linear", "mlp_post")  # every MLP unit of a gated MLP
 
 
@@ -64,7 +62,7 @@ def bench_steer(model: HookedTransformer, methods: list[str] | None = None, n_fi
     """Greedy generation throughput per method: ``unsteered``, ``steered`` (hooks via
     :func:`steered`) and ``folded`` (:func:`fold_into_weights`, where the sites allow it).
 
-    Each method is fitted once (default sites, ``FIT_CONFIG``) on ``n_fit`` length-matched toxic
+    Each method is fitted once (default sites, ``BENCH_OPTIONS``) on ``n_fit`` length-matched toxic
     vs Wikipedia texts; fit time is reported apart. Then one batch of ``n_prompts`` left-padded
     ``toxic_prompts`` generates ``new_tokens`` each (KV cache, no early stop). After one untimed
     warm-up generation, each method runs ``repeats`` rounds of every condition once, in an
@@ -86,7 +84,7 @@ def bench_steer(model: HookedTransformer, methods: list[str] | None = None, n_fi
     rows = []
     for name in methods:
         t0 = time.perf_counter()
-        steerer = make(name, **FIT_CONFIG.get(name, {})).fit(model, source=source, target=target)
+        steerer = make(name, **BENCH_OPTIONS.get(name, {})).fit(model, source=source, target=target)
         fit_s = time.perf_counter() - t0
         try:
             folded, note = fold_into_weights(model, steerer), ""

@@ -35,9 +35,9 @@ def bench_lineas(model: HookedTransformer, n: int = 32, repeats: int = 5,
     through the same blocks, interleaved, on ``n`` + ``n`` toxicity fit texts of ``fit_set``.
 
     ``converged_min``: the step time × the schedule that matches the reference's 1000 steps
-    (:data:`~steerinterp.evaluate.job.LINEAS_CONVERGED`, measured on gemma-3-270m), i.e. the
+    (:data:`~steerinterp.experiments.sizes.LINEAS_CONVERGED`, measured on gemma-3-270m), i.e. the
     wall time to a converged fit; ``est_1000_steps_min`` the reference schedule's."""
-    from ..experiments.job import LINEAS_CONVERGED
+    from ..experiments.sizes import LINEAS_CONVERGED
 
     toxic, wiki = toxicity_fit_sets(model, n=n, kind=fit_set, progress=False,
                                     log=lambda msg: None)
@@ -55,7 +55,7 @@ def bench_lineas(model: HookedTransformer, n: int = 32, repeats: int = 5,
         sync(str(model.cfg.device))
         t0 = time.perf_counter()
         with steered(model, lineas, strength=1.0):
-            train(model, params, ids, target, sites, settings, prox=lineas._prox)
+            train(model, params, ids, target, sites, settings, prox=lineas.prox)
         sync(str(model.cfg.device))
         times["lineas_step"].append(time.perf_counter() - t0)
         t0 = time.perf_counter()

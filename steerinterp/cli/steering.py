@@ -62,11 +62,8 @@ def fit(
     if source is not None and tgt is not None and match_lengths:
         src, tgt = length_match(m, src, tgt)
     steerer = make(method, **opts)
-    if method == "dsas":
-        ctl = load_texts(control, n=n, seed=seed) if control else None
-        steerer.fit(m, src, tgt, control=ctl)
-    else:
-        steerer.fit(m, src, tgt)
+    ctl = load_texts(control, n=n, seed=seed) if control else None
+    steerer.fit(m, src, tgt, control=ctl)
     steerer.save(out)
     _print_fit(steerer, method, m.cfg.model_name, out)
 

@@ -11,9 +11,10 @@ from transformer_lens import HookedTransformer
 
 from ..io import ensure_writable_dir
 from . import analyses  # noqa: F401  (registers the analyses)
-from .registry import ANALYSES, SIZES, Context, FigureSize, _frames
+from .registry import ANALYSES, Context, _frames
+from .sizes import FIGURE_SIZES, FigureSize
 
-__all__ = ["ANALYSES", "SIZES", "FigureSize", "make_figures"]
+__all__ = ["ANALYSES", "FIGURE_SIZES", "FigureSize", "make_figures"]
 
 
 def make_figures(model: HookedTransformer, out: str | Path = "figures", size: str = "default",
@@ -23,8 +24,8 @@ def make_figures(model: HookedTransformer, out: str | Path = "figures", size: st
     PNG paths. Frames are cached in ``cache`` (default ``results/figures/<model>-<size>``)."""
     from ..plots import save_figure
 
-    if size not in SIZES:
-        raise ValueError(f"unknown size {size!r}; sizes: {', '.join(SIZES)}")
+    if size not in FIGURE_SIZES:
+        raise ValueError(f"unknown size {size!r}; sizes: {', '.join(FIGURE_SIZES)}")
     names = only or list(ANALYSES)
     unknown = [n for n in names if n not in ANALYSES]
     if unknown:

@@ -11,7 +11,6 @@ token by token (the DSAS paper sweeps more λ for the gated curves). Vector addi
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,25 +21,11 @@ from ..steer import Steerer, make
 from ..evaluate.generation import GenerationSettings
 from ..evaluate.harness import EvalSettings
 from ..evaluate.sweep import sweep
-from ..evaluate.utility import DEFAULT_TASKS
+from .sizes import FrontSize
 
 # The maps whose fronts are drawn, and the bases that get a DSAS variant.
 FRONT_METHODS = ("aura", "mean_shift", "linear_act")
 FRONT_DSAS = ("mean_shift", "linear_act")
-
-
-@dataclass(frozen=True)
-class FrontSize:
-    """What each point of the front costs: prompts × samples × tokens generated and scored,
-    Wikipedia texts for PPL, questions per zero-shot task, and λ points per method."""
-
-    n_prompts: int = 64
-    samples: int = 1
-    new_tokens: int = 20
-    n_ppl: int = 32
-    utility_n: int = 50
-    points: int = 4
-    utility_tasks: tuple[str, ...] = DEFAULT_TASKS
 
 
 def strength_grid(steerer: Steerer, points: int) -> list[float]:

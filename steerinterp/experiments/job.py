@@ -30,47 +30,8 @@ from ..evaluate.harness import BASELINE, EvalSettings, Evaluation, compare, eval
 from ..evaluate.perplexity import perplexity
 from ..evaluate.progress import StageClock
 from ..evaluate.sweep import calibrate
+from .sizes import JOB_SIZES, JobSize
 
-
-@dataclass(frozen=True)
-class JobSize:
-    """How much data each stage uses. ``default`` fits the 20-minute CPU budget; ``paper``
-    uses the papers' settings as far as the built-in sets allow."""
-
-    n_fit: int  # toxic and Wikipedia texts per fit set (length-matched), and control texts
-    n_prompts: int  # held-out toxic prompts
-    samples: int  # continuations per prompt
-    new_tokens: int
-    n_ppl: int  # held-out Wikipedia texts for perplexity
-    n_calib: int  # other Wikipedia texts for calibrating λ (disjoint from the n_ppl ones)
-    lineas_steps: int
-    det0_experts: int
-    fit_max_tokens: int = 64
-    utility_n: int = 0  # questions per zero-shot task (utility.DEFAULT_TASKS); 0: not measured
-
-
-# The shortest LinEAS schedule (reference recipe) that matches the 1000-step fit on gemma-3-270m
-# (`figures --only lineas_convergence`, 64 + 64 fit texts, calibration prompts): 250 steps give
-# the same toxicity (mean score 0.125 vs 0.126), lower held-out W2 (0.92 vs 0.99 of unsteered)
-# and less PPL cost (+5.9% vs +9.6%); 60 steps fall short (0.167).
-LINEAS_CONVERGED = 250
-
-SIZES = {
-    "smoke": JobSize(n_fit=12, n_prompts=6, samples=1, new_tokens=6, n_ppl=6, n_calib=6,
-                     lineas_steps=3, det0_experts=16),
-    # `steerinterp demo` / `make demo`: the seed methods at LinEAS's low-data size (N = 32),
-    # small enough to watch (README: measured time).
-    "demo": JobSize(n_fit=32, n_prompts=40, samples=1, new_tokens=20, n_ppl=32, n_calib=16,
-                    lineas_steps=LINEAS_CONVERGED, det0_experts=256, utility_n=30),
-    "default": JobSize(n_fit=64, n_prompts=100, samples=2, new_tokens=20, n_ppl=64,
-                       n_calib=24, lineas_steps=LINEAS_CONVERGED, det0_experts=256,
-                       utility_n=100),
-    # LinEAS's low-data regime (N = 32, 1000 steps); AcT fits on more: 200 per side (the
-    # default model's continuation pool has 221 toxic ones); all 497 held-out prompts; 2000
-    # Wikipedia texts for perplexity.
-    "paper": JobSize(n_fit=200, n_prompts=497, samples=2, new_tokens=32, n_ppl=2000,
-                     n_calib=500, lineas_steps=1000, det0_experts=256, utility_n=300),
-}
 
 # What `steerinterp demo` runs: the methods the project is about.
 DEMO_METHODS = ("aura", "linear_act", "lineas", "dsas+linear_act")
@@ -108,8 +69,8 @@ class JobSpec:
     sampling: str = "default"  # SAMPLING: the generation protocol
 
     def __post_init__(self) -> None:
-        if self.size not in SIZES:
-            raise ValueError(f"unknown size {self.size!r}; sizes: {', '.join(SIZES)}")
+        if self.size not in JOB_SIZES:
+            raise ValueError(f"unknown size {self.size!r}; sizes: {', '.join(JOB_SIZES)}")
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown:
             raise ValueError(f"unknown method(s) {unknown}; the run knows {', '.join(METHODS)}")
@@ -126,7 +87,7 @@ class JobSpec:
 
     @property
     def sizes(self) -> JobSize:
-        return SIZES[self.size]
+        return JOB_SIZES[self.size]
 
     def to_dict(self) -> dict:
         return {**dataclasses.asdict(self), "sizes": dataclasses.asdict(self.sizes)}
@@ -218,23 +179,12 @@ def fit_or_load(model: HookedTransformer, name: str, spec: JobSpec, data: JobDat
         except (CorruptFileError, SteerError, FileNotFoundError, ValueError):
             pass  # damaged or from another model: fit again below (the save replaces it)
     method, opts, base = METHODS[name]
-    opts = {**opts, **_size_options(method, spec.sizes)}
-    if base is not None:
-        base_steerer = fitted.get(base) or fit_or_load(model, base, spec, data, fitted, folder)
-        steerer = make("dsas", base=base_steerer, **opts).fit(model, data.source,
-                                                              control=data.control)
-    else:
-        steerer = make(method, **opts).fit(model, data.source, data.target)
+    opts = {**opts, **spec.sizes.options(method)}
+    if base is not None:  # a DSAS wraps the job's own fit of its base
+        opts["base"] = fitted.get(base) or fit_or_load(model, base, spec, data, fitted, folder)
+    steerer = make(method, **opts).fit(model, data.source, data.target, control=data.control)
     steerer.save(path)
     return steerer
-
-
-def _size_options(method: str, z: JobSize) -> dict:
-    if method == "lineas":
-        return {"steps": z.lineas_steps}
-    if method == "det0":
-        return {"num_experts": z.det0_experts}
-    return {}
 
 
 def default_strength(steerer: Steerer) -> float:
@@ -345,4 +295,4 @@ def _calibration(model: HookedTransformer, steerer: Steerer, spec: JobSpec, data
     return result
 
 
-__all__ = ["DEMO_METHODS", "JobSize", "JobSpec", "METHODS", "SIZES", "Evaluation", "run_job"]
+__all__ = ["DEMO_METHODS", "JobSize", "JobSpec", "METHODS", "JOB_SIZES", "Evaluation", "run_job"]

@@ -17,43 +17,11 @@ import pandas as pd
 from transformer_lens import HookedTransformer
 
 from ..data import load_texts
-from .fronts import FrontSize
-from .job import LINEAS_CONVERGED
+from .sizes import FIGURE_SIZES, FigureSize
 from .fitsets import toxicity_fit_sets
 from ..io import CorruptFileError, fingerprint, read_csv, read_json, write_csv
 from ..io import write_json
 from ..steer import Steerer, SteerError, load_steerer, make
-
-
-@dataclass(frozen=True)
-class FigureSize:
-    n_texts: int  # toxic and Wikipedia texts per set (fits and analyses)
-    lineas_steps: int  # each fit of the LinEAS sparsity path (reference recipe otherwise)
-    gammas: tuple[float, ...]  # LinEAS sparsity path
-    sae: str  # train_sae size
-    n_attr: int  # held-out toxic texts for attribution
-    top_k_units: int
-    fit_set: str = "continuations"  # fitsets.KINDS; tiny random models have no toxic samples
-    fronts: FrontSize = FrontSize()  # the λ sweeps of ``--only fronts``
-    convergence: tuple[int, ...] = (1000, 250, 60)  # LinEAS schedule lengths compared
-    convergence_bf16: tuple[int, ...] = (250,)  # the same under bf16 autocast (train.py)
-    lineas_precision: str = "bf16"  # the γ path's fits (bf16 matches fp32: lineas_convergence)
-
-
-SIZES = {
-    "quick": FigureSize(n_texts=12, lineas_steps=3, gammas=(0.0, 0.5, 5.0), sae="quick",
-                        n_attr=6, top_k_units=20, fit_set="wiki",
-                        fronts=FrontSize(n_prompts=3, new_tokens=3, n_ppl=3, utility_n=2,
-                                         points=2, utility_tasks=("siqa",)),
-                        convergence=(4, 2), convergence_bf16=(2,)),
-    # The γ path is fitted to convergence with the reference recipe (Adam, lr 1e-3). Adam moves
-    # every coordinate by about lr per step and the prox takes lr·γ·λ1 (L1) and lr·γ·λG·√d
-    # (group) off, so with λ1 = λG = 1 every site is off from γ = 0.5 (test_lineas); the path
-    # spans (0, 0.5).
-    "default": FigureSize(n_texts=64, lineas_steps=LINEAS_CONVERGED,
-                          gammas=(0.0, 0.1, 0.2, 0.3, 0.4), sae="real", n_attr=16,
-                          top_k_units=200),
-}
 
 
 @dataclass
@@ -69,7 +37,7 @@ class Context:
 
     @property
     def z(self) -> FigureSize:
-        return SIZES[self.size]
+        return FIGURE_SIZES[self.size]
 
     def texts(self, held_out: bool = False) -> tuple[list[str], list[str]]:
         """The toxicity fit sets (source, target) of this size's kind (``fitsets``); with

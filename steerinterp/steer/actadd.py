@@ -25,7 +25,7 @@ class ActAdd(AffineSteerer):
     default_pool = "last"
     strength_range = None  # vector addition: λ is a free scale (AcT §3.3)
 
-    def fit(self, model, source, target=None) -> ActAdd:
+    def fit(self, model, source, target=None, *, control=None) -> ActAdd:
         """Fit on prompt pairs: ``source[i]`` and ``target[i]`` form pair i (texts or stores
         of equal length, in pair order)."""
         if target is not None and _count(source) != _count(target):

@@ -85,10 +85,13 @@ class Steerer(nn.Module):
     strength_range: ClassVar[tuple[float, float] | None] = (0.0, 1.0)
     needs_target: ClassVar[bool] = True
 
-    def __init__(self, config: SteerConfig | None = None) -> None:
+    def __init__(self, config: SteerConfig | None = None, *, check: bool = True) -> None:
+        """``check=False``: a wrapper (DSAS, a restricted view) whose range depends on state it
+        sets after this call; it checks the strength itself once that state exists."""
         super().__init__()
         self.config = config if config is not None else self.Config()
-        self.check_strength(self.config.strength)
+        if check:
+            self.check_strength(self.config.strength)
         self.tensors = nn.ParameterDict()
         self.provenance: dict | None = None
 
@@ -120,9 +123,11 @@ class Steerer(nn.Module):
             return default_sites(model, self.method)
         return sorted(parse_sites(list(self.config.sites), model))
 
-    def fit(self, model: HookedTransformer, source, target=None) -> Steerer:
+    def fit(self, model: HookedTransformer, source, target=None, *, control=None) -> Steerer:
         """Fit on ``source`` (behaviour to remove) and ``target`` (behaviour wanted): lists of
-        texts or ActivationStores. Returns ``self``."""
+        texts or ActivationStores. ``control`` (neutral text a gate must leave alone) is read
+        by the methods that gate (DSAS) and ignored by the others, so every method is fitted
+        the same way. Returns ``self``."""
         t0 = time.perf_counter()
         sites = self.resolve_sites(model)
         if self.needs_target and target is None:

@@ -173,7 +173,7 @@ class Dsas(Steerer):
         if name not in REGISTRY or (config.e2e and name != "lineas"):
             raise SteerError(f"dsas cannot use base method {name!r}"
                              + (" (e2e trains lineas maps)" if config.e2e else ""))
-        super().__init__(dataclasses.replace(config, base=None, base_method=name))
+        super().__init__(dataclasses.replace(config, base=None, base_method=name), check=False)
         self.base = copy.deepcopy(config.base) if config.base is not None else None
         self._fits_base = config.base is None  # refit() fits a new base too
         self.probe: dict[str, dict] = {}
@@ -187,15 +187,14 @@ class Dsas(Steerer):
 
     @property
     def strength_range(self) -> tuple[float, float] | None:
-        base = self.__dict__.get("_modules", {}).get("base")
-        rng = base.strength_range if base is not None else getattr(
+        rng = self.base.strength_range if self.base is not None else getattr(
             REGISTRY.get(self.config.base_method), "strength_range", None)
         if rng is None or isinstance(rng, property):
             return None
         return (rng[0], rng[1] * self.HEADROOM)
 
     # -- fitting -------------------------------------------------------------------------------
-    def fit(self, model: HookedTransformer, source, target=None, control=None) -> Dsas:
+    def fit(self, model: HookedTransformer, source, target=None, *, control=None) -> Dsas:
         """Fit one gate per base site on ``source`` (1) vs ``control`` (0): texts or stores
         pooled with ``pool`` (default mean). ``target`` fits the base when DSAS fits its own,
         is E2E's LinEAS target, and is the control with ``target_as_control=True`` when no

@@ -78,7 +78,7 @@ def train_e2e(dsas, model: HookedTransformer, source, target, control,
         with steered(model, dsas, strength=1.0):
             return train(model, params, ids, tgt, sites,
                          dataclasses.replace(settings, batch_size=batch),
-                         prox=getattr(dsas.base, "_prox", None), extra_loss=control_term,
+                         prox=dsas.base.prox, extra_loss=control_term,
                          desc="dsas-e2e")
     finally:
         for p in params:

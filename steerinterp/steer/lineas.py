@@ -97,7 +97,7 @@ class Lineas(AffineSteerer):
     method = "lineas"
     Config = LineasConfig
 
-    def fit(self, model: HookedTransformer, source, target=None) -> Lineas:
+    def fit(self, model: HookedTransformer, source, target=None, *, control=None) -> Lineas:
         t0 = time.perf_counter()
         if isinstance(source, ActivationStore):
             raise SteerError("lineas needs source texts, not an ActivationStore: the source "
@@ -124,7 +124,7 @@ class Lineas(AffineSteerer):
         self.snapshots = {}
         with steered(model, self, strength=1.0):
             self.loss_curve = train(model, list(self.tensors.values()), ids, tgt, sites,
-                                    settings, prox=self._prox, desc="lineas",
+                                    settings, prox=self.prox, desc="lineas",
                                     on_step=self._snapshot if self.snapshot_at else None)
         for p in self.tensors.values():
             p.requires_grad_(False)
@@ -153,7 +153,7 @@ class Lineas(AffineSteerer):
             copy.set_tensor(site, name, value)
         return copy.to(self.tensor(self.sites[0], "omega").device)
 
-    def _prox(self, lr: float) -> None:
+    def prox(self, lr: float) -> None:
         """Sparse-group-lasso proximal step on ω − 1 and b, per site (LinEAS Alg. 1): L1
         soft-threshold at lr·γ·λ1, then the group shrink at lr·γ·λG·√d, ω and b being separate
         groups; ``lr`` is the scheduler's current lr, as in the reference."""
