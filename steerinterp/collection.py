@@ -20,7 +20,7 @@ from .io import (CorruptFileError, ensure_writable_dir, fingerprint, load_tensor
 from .sites import Site, parse_sites
 from .store import (_LENGTHS, _TOKENS, FORMAT, POOLS, ActivationStore, StoreError, split_rows,
                     build_meta)
-from .tokens import pad_left, token_ids
+from .tokens import check_texts, pad_left, token_ids
 
 
 def collect(model: HookedTransformer, texts: Sequence[str], sites, pool: str = "mean",
@@ -56,15 +56,8 @@ def collect(model: HookedTransformer, texts: Sequence[str], sites, pool: str = "
 
 
 def validate_texts(texts: Sequence[str]) -> list[str]:
-    if isinstance(texts, str):
-        raise StoreError("texts must be a list of strings, not a single string")
-    texts = list(texts)
-    if not texts:
-        raise StoreError("empty text list: collect() needs at least one text")
-    bad = [i for i, t in enumerate(texts) if not isinstance(t, str) or not t.strip()]
-    if bad:
-        raise StoreError(f"texts at positions {bad[:5]} are empty or not strings")
-    return texts
+    """:func:`~steerinterp.tokens.check_texts` with the store's error type."""
+    return check_texts(texts, error=StoreError)
 
 
 def validate_lengths(ids: list[list[int]], texts: list[str], skip_first: bool,

@@ -4,6 +4,7 @@ tokenizer adds one, truncation to ``max_tokens``, and the mask of positions that
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -22,6 +23,27 @@ class Batch:
     tokens: Int[torch.Tensor, "batch pos"]
     attention_mask: Int[torch.Tensor, "batch pos"]
     pool_mask: Bool[torch.Tensor, "batch pos"]
+
+
+def check_texts(texts: Sequence[str], what: str = "texts", *, allow_empty: bool = False,
+                allow_blank: bool = False, error: type[Exception] = ValueError) -> list[str]:
+    """``texts`` as a list of strings, or ``error`` naming the problem: one string where a list
+    belongs, an empty list (unless ``allow_empty``), items that are not strings, and empty or
+    whitespace-only items (unless ``allow_blank``). Every entry point checks its texts here."""
+    if isinstance(texts, (str, bytes)):
+        raise error(f"{what} must be a list of strings, not a single string; wrap it: [text]")
+    texts = list(texts)
+    if not texts and not allow_empty:
+        raise error(f"empty text list: no {what} given")
+    bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
+    if bad:
+        raise error(f"{what} must be strings: {what}[{bad[0]}] is "
+                    f"{type(texts[bad[0]]).__name__} (positions {bad[:10]})")
+    blank = [] if allow_blank else [i for i, t in enumerate(texts) if not t.strip()]
+    if blank:
+        raise error(f"{what} at positions {blank[:10]}{' ...' if len(blank) > 10 else ''} are "
+                    f"empty or whitespace-only ({len(blank)} of {len(texts)})")
+    return texts
 
 
 def token_ids(model: HookedTransformer, texts: list[str], max_tokens: int) -> list[list[int]]:

@@ -76,7 +76,7 @@ def test_bad_inputs(model, dsas, base):
         token_scales(model, dsas, TEXTS, sites=["L1.resid_post"])
     with pytest.raises(ValueError, match="max_tokens must be at least 2"):
         token_scales(model, dsas, TEXTS, max_tokens=1)
-    with pytest.raises(StoreError, match="empty or not strings"):
+    with pytest.raises(StoreError, match="empty or whitespace-only"):
         token_scales(model, dsas, ["fine", ""])
     with pytest.raises(ValueError, match="batch_size"):
         token_scales(model, dsas, TEXTS, batch_size=0)

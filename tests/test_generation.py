@@ -284,10 +284,10 @@ def test_bad_presets():
 
 
 @pytest.mark.parametrize("prompts, words", [
-    ([], "the list is empty"), ("one string", "not one string"),
-    (["ok", "", "fine", "  \n"], r"2 prompt\(s\) are empty or whitespace-only, at index\(es\) "
-                                 r"\[1, 3\]"),
-    (["ok", None], r"index\(es\) \[1\]"),
+    ([], "empty text list: no prompts given"), ("one string", "not a single string"),
+    (["ok", "", "fine", "  \n"], r"prompts at positions \[1, 3\] are empty or whitespace-only "
+                                 r"\(2 of 4\)"),
+    (["ok", None], r"prompts\[1\] is NoneType \(positions \[1\]\)"),
 ])
 def test_bad_prompts(tiny_gpt2, prompts, words):
     with pytest.raises(ValueError, match=words):

@@ -14,6 +14,7 @@ from steerinterp.tokens import token_ids
 
 # importlib: the package re-exports the function ``perplexity``, which shadows the module name
 ppl_mod = importlib.import_module("steerinterp.evaluate.perplexity")
+logits_mod = importlib.import_module("steerinterp.evaluate.logits")
 
 SOURCE = ["you are a stupid idiot", "shut up you fool", "what a disgusting pig"]
 TARGET = ["the river flows to the sea", "a library holds many books", "the train leaves at noon"]
@@ -43,7 +44,7 @@ def test_padding_does_not_change_a_text(tiny, texts):
 
 def test_chunked_unembedding_equals_one_chunk(tiny_gemma, texts, monkeypatch):
     whole = perplexity(tiny_gemma, texts[:4], progress=False)
-    monkeypatch.setattr(ppl_mod, "LOGITS_PER_CHUNK", 3 * tiny_gemma.cfg.d_vocab)  # 3 positions
+    monkeypatch.setattr(logits_mod, "LOGITS_PER_CHUNK", 3 * tiny_gemma.cfg.d_vocab)  # 3 positions
     chunked = perplexity(tiny_gemma, texts[:4], progress=False)
     np.testing.assert_allclose(chunked["nll"], whole["nll"], rtol=1e-6)
 
@@ -176,7 +177,7 @@ def test_gemma_chunked_nll_matches_transformer_lens():
     model = load_model("gemma-3-270m", device="cpu")
     texts = load_texts("wiki_ppl", n=8)
     df = perplexity(model, texts, max_tokens=64, batch_size=8, progress=False)
-    assert ppl_mod.LOGITS_PER_CHUNK // model.cfg.d_vocab_out < df["n_tokens"].sum()  # chunked
+    assert logits_mod.LOGITS_PER_CHUNK // model.cfg.d_vocab_out < df["n_tokens"].sum()  # chunked
     batch = pad_left(model, token_ids(model, texts, 64), skip_first=False)
     with torch.inference_mode():
         loss = model(batch.tokens, attention_mask=batch.attention_mask, return_type="loss",

@@ -181,7 +181,7 @@ def test_store_refuses_other_weight_processing(texts):
 @pytest.mark.parametrize("kwargs, match", [
     (dict(texts=[]), "empty text list"),
     (dict(texts="one string"), "not a single string"),
-    (dict(texts=["ok text", "  "]), "empty or not strings"),
+    (dict(texts=["ok text", "  "]), "empty or whitespace-only"),
     (dict(max_tokens=0), "max_tokens must be at least 1"),
     (dict(max_tokens=1), "at least 2 when the first token is skipped"),
     (dict(pool="median"), "unknown pooling 'median'"),

@@ -37,15 +37,14 @@ import numpy as np
 import pandas as pd
 import torch
 from jaxtyping import Bool, Float
-from torch.utils.checkpoint import checkpoint
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
-from ..evaluate.perplexity import LOGITS_PER_CHUNK, _batch_nll, _target_logprobs
+from ..evaluate.logits import batch_nll, scored_logp
 from ..sites import Site
 from ..steer.apply import steered
 from ..steer.base import Steerer, SteerError
-from ..tokens import ids_with_next_token, pad_left
+from ..tokens import ids_with_next_token
 from .sparsity import check_sites
 
 __all__ = ["SITE_COLUMNS", "UNIT_COLUMNS", "VALIDATION_COLUMNS", "Restricted", "attribute",
@@ -178,7 +177,7 @@ def _mean_logp(model: HookedTransformer, ids: list[list[int]], steerer: Steerer 
     views = () if steerer is None else (steerer,)
     with steered(model, *views, strength=strength):
         for batch in _batches(ids, batch_size):
-            nll[batch] = _batch_nll(model, [ids[i] for i in batch]).cpu().numpy()
+            nll[batch] = batch_nll(model, [ids[i] for i in batch]).cpu().numpy()
     return -nll / np.array([len(x) - 1 for x in ids])
 
 
@@ -221,27 +220,6 @@ def _site_frame(model, steerer: Steerer, effects: _Effects, costs: _Effects | No
 # --------------------------------------------------------------------------- units
 
 
-def _scored_logp(model: HookedTransformer, ids: list[list[int]]
-                 ) -> tuple[Float[torch.Tensor, "batch"], torch.Tensor]:
-    """Differentiable summed token log p per text of one left-padded batch, and its mask.
-    Logit chunks are recomputed in the backward pass (checkpointing): Gemma-3's vocabulary
-    would otherwise keep ~1 GB of logits alive per batch."""
-    batch = pad_left(model, ids, skip_first=False)
-    resid = model(batch.tokens, attention_mask=batch.attention_mask,
-                  stop_at_layer=model.cfg.n_layers)
-    if model.cfg.normalization_type is not None:
-        resid = model.ln_final(resid)
-    real = batch.attention_mask.bool()
-    scored = real[:, :-1] & real[:, 1:]  # position t predicts t+1; both real
-    r, t = resid[:, :-1][scored], batch.tokens[:, 1:][scored]
-    step = max(1, LOGITS_PER_CHUNK // model.cfg.d_vocab_out)
-    logp = torch.cat([checkpoint(_target_logprobs, model, r[i:i + step], t[i:i + step],
-                                 use_reentrant=False) for i in range(0, len(r), step)])
-    rows = scored.nonzero()[:, 0]
-    out = torch.zeros(len(ids), dtype=logp.dtype, device=logp.device).index_add(0, rows, logp)
-    return out, real
-
-
 def _grad_x_delta(model, steerer: Steerer, ids: list[list[int]], lams: list[float],
                   scale: float, batch_size: int, progress: bool, desc: str
                   ) -> dict[Site, torch.Tensor]:
@@ -254,7 +232,7 @@ def _grad_x_delta(model, steerer: Steerer, ids: list[list[int]], lams: list[floa
         n = torch.tensor([len(x) - 1 for x in chunk], dtype=torch.float32)
         tape = _Tape(steerer)
         with torch.enable_grad(), steered(model, tape, strength=lam):
-            lp, real = _scored_logp(model, chunk)
+            lp, real = scored_logp(model, chunk, checkpointed=True)
             objective = -(lp / n.to(lp.device)).sum() / len(ids)
         flat = [(s, rec) for s, recs in tape.records.items() for rec in recs]
         grads = torch.autograd.grad(objective, [out for _, (out, _) in flat], allow_unused=True)

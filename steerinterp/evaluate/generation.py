@@ -37,7 +37,8 @@ from transformer_lens.utilities.activation_functions import apply_softcap
 
 from ..io import CorruptFileError, atomic_write
 from ..steer import Steerer, steered
-from ..tokens import pad_left, token_ids
+from ..tokens import check_texts, pad_left, token_ids
+from .logits import final_residual
 
 __all__ = ["COLUMNS", "GenerationSettings", "PRESETS", "decode", "decode_continuations",
            "generate", "load_generations", "row_seed", "save_generations", "settings_for",
@@ -148,12 +149,7 @@ def _last_logits(model: HookedTransformer, tokens: Int[torch.Tensor, "batch pos"
                  ) -> Float[torch.Tensor, "batch d_vocab"]:
     """Run ``tokens`` through the blocks (hooks fire on every position, the cache grows), then
     the final norm and the unembedding on the last position only, as TL's forward would."""
-    resid = model(tokens, attention_mask=mask, past_kv_cache=cache,
-                  stop_at_layer=model.cfg.n_layers)
-    x = resid[:, -1:]
-    if model.cfg.normalization_type is not None:
-        x = model.ln_final(x)
-    x = model.unembed.hook_in(x)
+    x = model.unembed.hook_in(final_residual(model, tokens, mask, cache, last_only=True))
     logits = model.unembed.hook_out(F.linear(x, w_t.to(x.device), model.unembed.b_U))
     return apply_softcap(logits, model.cfg.output_logits_soft_cap)[:, 0]
 
@@ -273,22 +269,6 @@ def decode(model: HookedTransformer, tokens: Int[torch.Tensor, "batch pos"],
 # --------------------------------------------------------------------------- prompts → table
 
 
-def _check_prompts(prompts: Sequence[str]) -> list[str]:
-    if isinstance(prompts, str):
-        raise ValueError("prompts must be a list of strings, not one string")
-    prompts = list(prompts)
-    if not prompts:
-        raise ValueError("no prompts given: the list is empty")
-    bad = [i for i, p in enumerate(prompts) if not isinstance(p, str)]
-    if bad:
-        raise ValueError(f"prompts must be strings; not at index(es) {bad[:10]}")
-    empty = [i for i, p in enumerate(prompts) if not p.strip()]
-    if empty:
-        raise ValueError(f"{len(empty)} prompt(s) are empty or whitespace-only, at index(es) "
-                         f"{empty[:10]}{' ...' if len(empty) > 10 else ''}")
-    return prompts
-
-
 def _prompt_ids(model: HookedTransformer, prompts: list[str],
                 settings: GenerationSettings) -> list[list[int]]:
     """Token ids of every prompt; too long for the limit or the context → ValueError."""
@@ -336,7 +316,7 @@ def generate(model: HookedTransformer, prompts: Sequence[str], *steerers: Steere
     ``n_new_tokens``, and ``score`` when ``scorer`` (texts → toxicity probabilities) is given.
     Sequences are batched longest first to limit padding; the result does not depend on that.
     """
-    prompts = _check_prompts(prompts)
+    prompts = check_texts(prompts, "prompts")
     ids = _prompt_ids(model, prompts, settings)
     rows = [(i, s) for i in range(len(prompts)) for s in range(settings.samples)]
     rows.sort(key=lambda r: -len(ids[r[0]]))

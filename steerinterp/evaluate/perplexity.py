@@ -2,9 +2,8 @@
 
 Each text's first ``max_tokens`` tokens (BOS prepended iff the model's default) are scored with
 the steering active on all positions; the headline number is the mean of per-text PPL, as in
-AcT's ``act/utils/perplexity.py``. Full logits are never materialised: Gemma-3's 262k vocabulary
-makes them 1 GB in fp32 for a 16×64 batch, so the final residual is unembedded in chunks of
-positions and only each target's log-probability is kept.
+AcT's ``act/utils/perplexity.py``; the log-probabilities come from :mod:`.logits` (chunked,
+float32, never the full logits).
 """
 
 from __future__ import annotations
@@ -14,21 +13,16 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
-import torch
-from jaxtyping import Float, Int
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
 from ..steer.apply import steered
 from ..steer.base import Steerer
-from ..tokens import ids_with_next_token, pad_left
+from ..tokens import check_texts, ids_with_next_token
+from .logits import batch_nll
 from .stats import cluster_se, mean_from_totals
 
 __all__ = ["delta_perplexity", "perplexity", "summarize_perplexity"]
-
-# Elements of one [positions, d_vocab] logits chunk: 2^25 floats = 128 MB in fp32, i.e. 128
-# positions of Gemma-3 at a time. Module-level so tests can force several chunks.
-LOGITS_PER_CHUNK = 2**25
 
 COLUMNS = ["text_id", "n_tokens", "nll", "ppl"]
 
@@ -42,7 +36,7 @@ def perplexity(model: HookedTransformer, texts: Sequence[str], *steerers: Steere
     − 1), ``nll`` (summed token NLL in nats), ``ppl`` = exp(nll / n_tokens). Padding never
     changes a text's numbers. Aggregate with :func:`summarize_perplexity`.
     """
-    texts = _check_texts(texts)
+    texts = check_texts(texts, allow_blank=True)
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     ids = ids_with_next_token(model, texts, max_tokens, "perplexity needs a token to predict")
@@ -53,59 +47,10 @@ def perplexity(model: HookedTransformer, texts: Sequence[str], *steerers: Steere
     nll = np.empty(len(ids), dtype=np.float64)
     with steered(model, *steerers, strength=strength):
         for batch in tqdm(batches, desc="perplexity", disable=not progress):
-            nll[batch] = _batch_nll(model, [ids[i] for i in batch]).numpy()
+            nll[batch] = batch_nll(model, [ids[i] for i in batch]).numpy()
     n_tokens = np.array([len(x) - 1 for x in ids])
     return pd.DataFrame({"text_id": np.arange(len(ids)), "n_tokens": n_tokens, "nll": nll,
                          "ppl": np.exp(nll / n_tokens)})
-
-
-def _check_texts(texts: Sequence[str]) -> list[str]:
-    if isinstance(texts, str):
-        raise ValueError("texts must be a list of strings, not a single string")
-    texts = list(texts)
-    if not texts:
-        raise ValueError("empty text list: perplexity needs at least one text")
-    bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
-    if bad:
-        raise ValueError(f"texts at positions {bad[:5]} are not strings")
-    return texts
-
-
-@torch.inference_mode()
-def _batch_nll(model: HookedTransformer, ids: list[list[int]]) -> Float[torch.Tensor, "batch"]:
-    """Summed next-token NLL per text of one left-padded batch (float64)."""
-    batch = pad_left(model, ids, skip_first=False)
-    # Run every block (hooks fire there), then the final norm on the whole grid so a hook on it
-    # would still see [batch, pos, d_model]; the unembedding runs only on scored positions.
-    resid = model(batch.tokens, attention_mask=batch.attention_mask,
-                  stop_at_layer=model.cfg.n_layers)
-    if model.cfg.normalization_type is not None:
-        resid = model.ln_final(resid)
-    real = batch.attention_mask.bool()
-    # Position t predicts token t+1; with left padding both are real iff t is real.
-    scored = real[:, :-1] & real[:, 1:]
-    logp = _target_logprobs(model, resid[:, :-1][scored], batch.tokens[:, 1:][scored])
-    rows = scored.nonzero()[:, 0].cpu()
-    # Sum on the CPU in float64: exact enough for any length, and MPS has no float64.
-    out = torch.zeros(len(ids), dtype=torch.float64)
-    return out.index_add_(0, rows, -logp.cpu().double())
-
-
-def _target_logprobs(model: HookedTransformer, resid: Float[torch.Tensor, "n d_model"],
-                     targets: Int[torch.Tensor, "n"]) -> Float[torch.Tensor, "n"]:
-    """log p(target) from the normalised final residual, ``LOGITS_PER_CHUNK`` logits at a time,
-    in float32 (TL's own loss would take the log-softmax in the model's dtype)."""
-    step = max(1, LOGITS_PER_CHUNK // model.cfg.d_vocab_out)
-    cap = getattr(model.cfg, "output_logits_soft_cap", -1.0) or -1.0
-    out = []
-    for start in range(0, resid.shape[0], step):
-        logits = model.unembed(resid[None, start:start + step])[0].float()
-        if cap > 0:  # Gemma-2-style final soft-capping, as in HookedTransformer.forward
-            logits = cap * torch.tanh(logits / cap)
-        # gather − logsumexp avoids a second vocabulary-sized tensor for log_softmax
-        target = logits.gather(-1, targets[start:start + step, None])[:, 0]
-        out.append(target - torch.logsumexp(logits, dim=-1))
-    return torch.cat(out) if out else resid.new_zeros(0, dtype=torch.float32)
 
 
 # --------------------------------------------------------------------------- aggregation

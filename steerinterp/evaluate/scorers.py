@@ -25,6 +25,7 @@ from jaxtyping import Float, Int
 from torch import nn
 
 from ..assets import cache_dir
+from ..tokens import check_texts
 from ..io import CorruptFileError, read_json, write_json
 
 __all__ = ["LABELS", "SCORERS", "JigsawBiLSTM", "JigsawScorer", "KerasTokenizer",
@@ -45,17 +46,6 @@ def _resolve_device(device: str | torch.device | None) -> str:
     return str(torch.device(device))
 
 
-def _check_texts(texts) -> list[str]:
-    """A list of strings, or a TypeError naming the first offending item."""
-    if isinstance(texts, (str, bytes)):
-        raise TypeError("texts must be a list of strings, not a single string; wrap it: [text]")
-    texts = list(texts)
-    for i, t in enumerate(texts):
-        if not isinstance(t, str):
-            raise TypeError(f"texts[{i}] is {type(t).__name__}, not str: {t!r:.60}")
-    return texts
-
-
 class Scorer:
     """Base of all scorers: ``scorer(texts)`` → float64 array of P(toxic) in [0, 1].
 
@@ -67,7 +57,7 @@ class Scorer:
     batch_size: int = 64
 
     def __call__(self, texts: list[str]) -> Float[np.ndarray, "n"]:
-        texts = _check_texts(texts)
+        texts = check_texts(texts, allow_empty=True, allow_blank=True, error=TypeError)
         if not texts:
             return np.zeros(0, dtype=np.float64)
         parts = [self._score(texts[i:i + self.batch_size])
@@ -309,7 +299,7 @@ class JigsawScorer(Scorer):
 
     def labels(self, texts: list[str]) -> pd.DataFrame:
         """One row per text, one float column per label in :data:`LABELS`."""
-        texts = _check_texts(texts)
+        texts = check_texts(texts, allow_empty=True, allow_blank=True, error=TypeError)
         probs = [self._probs(texts[i:i + self.batch_size])
                  for i in range(0, len(texts), self.batch_size)]
         data = np.concatenate(probs) if probs else np.zeros((0, len(LABELS)))

