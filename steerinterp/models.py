@@ -59,6 +59,12 @@ class ModelInfo:
         d["weights"] = None if self.weights is None else list(self.weights)
         return d
 
+    @classmethod
+    def from_dict(cls, d: dict) -> ModelInfo:
+        """Inverse of :meth:`to_dict`."""
+        weights = d.get("weights")
+        return cls(**{**d, "weights": None if weights is None else tuple(weights)})
+
 
 def weight_signature(model: HookedTransformer, k: int = 8) -> tuple[float, ...]:
     """``k`` embedding and ``k`` last-block W_Q entries at fixed positions: two models with the

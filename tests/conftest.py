@@ -1,11 +1,12 @@
 """Shared fixtures: tiny random models of both architectures (fast, no download)."""
 
-import os
-
 import pytest
+from jaxtyping import install_import_hook
 
-# jaxtyping shape annotations are checked by beartype under pytest only (DESIGN.md §4).
-os.environ.setdefault("STEERINTERP_TYPECHECK", "1")
+# jaxtyping shape annotations (TL's axis names) and every other annotation are checked at run
+# time by beartype under pytest only (DESIGN.md §4): the hook must be installed before the
+# package is first imported.
+install_import_hook("steerinterp", "beartype.beartype")  # stays on for lazy imports too
 
 from steerinterp.models import tiny_model  # noqa: E402
 

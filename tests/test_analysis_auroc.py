@@ -290,7 +290,15 @@ def test_aura_lineas_overlap_after_real_fits(tiny_gpt2):
     aura = Aura(Aura.Config(sites=sites)).fit(tiny_gpt2, POS, NEG)
     lineas = Lineas(LineasConfig(sites=sites, steps=3, minibatch=4)).fit(tiny_gpt2, POS, NEG)
     row = aura_lineas_overlap(aura, lineas, k=8).iloc[0]
-    assert row["n_aura"] <= 8 and row["n_lineas"] == 8 and 0 <= row["p_value"] <= 1
+    site = Site.parse(sites[0])
+    alpha = aura.tensor(site, "omega").detach()
+    move = (lineas.tensor(site, "omega").detach() - 1).abs() + lineas.tensor(site, "bias").abs()
+    n_damped = int((alpha < 1).sum())
+    top_aura = set(torch.topk(-alpha, min(8, n_damped)).indices.tolist())
+    top_lineas = set(torch.topk(move.detach(), 8).indices.tolist())
+    both = len(top_aura & top_lineas)
+    assert (row["n_aura"], row["n_lineas"], row["n_both"]) == (min(8, n_damped), 8, both)
+    assert row["p_value"] == pytest.approx(hypergeom_tail(both, len(alpha), min(8, n_damped), 8))
 
 
 # -- figures --------------------------------------------------------------------------------

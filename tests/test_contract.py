@@ -7,6 +7,7 @@ import pytest
 import torch
 from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 
+from steerinterp.hooks import recording
 from steerinterp.models import tiny_model
 from steerinterp.steer import available, load_steerer, make, steered
 from steerinterp.tokens import pad_left, token_ids
@@ -120,11 +121,14 @@ def test_two_steerers_compose_in_order(model):
                                                                  target=SOURCE)
     site = a.sites[0]
     seen = []
-    probe = (site.hook_name, lambda acts, hook: seen.append(acts.clone()))
-    with torch.no_grad(), model.hooks(fwd_hooks=[]):
-        with steered(model, a, b), model.hooks(fwd_hooks=[probe]):
+
+    def keep(_site, units):
+        seen.append(units.clone())
+
+    with torch.no_grad():
+        with steered(model, a, b), recording(model, [site], keep):  # after both maps
             model(_tokens(model))
-        with model.hooks(fwd_hooks=[probe]):
+        with recording(model, [site], keep):
             model(_tokens(model))
     composed, plain = seen
     expected = b.steer(a.steer(plain.float(), site), site)

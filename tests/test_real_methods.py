@@ -159,9 +159,12 @@ def test_actadd_fits_one_pair_and_steers(model):
 def test_generate_under_steered(model, results):
     aura = results("aura")["steerer"]
     prompt = "You are such a"
+    plain = model.generate(prompt, max_new_tokens=12, do_sample=False, verbose=False)
     with steered(model, aura):
         text = model.generate(prompt, max_new_tokens=12, do_sample=False, verbose=False)
-    assert isinstance(text, str) and text.startswith(prompt) and len(text) > len(prompt) + 3
+    again = model.generate(prompt, max_new_tokens=12, do_sample=False, verbose=False)
+    assert text.startswith(prompt) and text != plain  # the steering reached the decode loop
+    assert again == plain  # and left with the block: no hook stays behind
     assert all(not hp._forward_hooks for hp in model.hook_dict.values())
 
 

@@ -1,5 +1,6 @@
 """The main job (``steerinterp run``) at smoke size on the tiny model: outputs, resuming, errors."""
 
+import json
 import math
 import re
 
@@ -45,8 +46,9 @@ def test_run_evaluates_every_method_and_writes_the_report(full_run):
 
 def test_calibrated_rows_respect_the_budget_on_calibration_text(full_run):
     out, frame = full_run
-    for path in (out / "calibration").glob("*/calibration.json"):
-        import json
+    paths = sorted((out / "calibration").glob("*/calibration.json"))
+    assert {p.parent.name for p in paths} == set(METHODS)  # every method was calibrated
+    for path in paths:
         cal = json.loads(path.read_text())
         assert cal["delta_ppl_rel"] <= 0.10 + 1e-9
 
@@ -87,11 +89,18 @@ def test_interrupted_run_resumes_from_what_was_saved(model, tmp_path, monkeypatc
     assert list(frame["condition"]) == ["unsteered", "mean_shift@1", "aura@1"]
 
 
-def test_a_damaged_saved_steerer_is_refitted(model, tmp_path):
+def test_a_damaged_saved_steerer_is_refitted(model, tmp_path, monkeypatch):
     spec = JobSpec("tiny-gpt2", fit_set="wiki", size="smoke", methods=("mean_shift",), ppl_budget=None)
     run_job(model, spec, tmp_path, **QUIET)
-    (tmp_path / "steerers" / "mean_shift" / "state.safetensors").write_bytes(b"\x00" * 10)
+    state = tmp_path / "steerers" / "mean_shift" / "state.safetensors"
+    good = state.read_bytes()
+    state.write_bytes(b"\x00" * 10)
+    fits = []
+    real_make = job.make
+    monkeypatch.setattr(job, "make", lambda *a, **k: fits.append(a) or real_make(*a, **k))
     frame = run_job(model, spec, tmp_path, **QUIET)
+    assert fits == [("mean_shift",)]  # refitted, once
+    assert state.read_bytes() == good  # the same seeded fit, saved over the damaged file
     assert "mean_shift@1" in set(frame["condition"])
 
 

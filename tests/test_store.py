@@ -171,9 +171,9 @@ def test_store_refuses_other_weight_processing(texts):
     model = tiny_model("gpt2")
     store = collect(model, texts[:2], "L0.mlp_out", progress=False)
     other = tiny_model("gpt2")
-    other.steerinterp_info = type(other.steerinterp_info)(
-        **{**other.steerinterp_info.to_dict(),
-           "weight_processing": {**other.steerinterp_info.weight_processing, "fold_ln": True}})
+    other.steerinterp_info = type(other.steerinterp_info).from_dict(
+        {**other.steerinterp_info.to_dict(),
+         "weight_processing": {**other.steerinterp_info.weight_processing, "fold_ln": True}})
     with pytest.raises(StoreError, match="weight processing"):
         store.check_model(other)
 

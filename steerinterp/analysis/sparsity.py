@@ -24,7 +24,7 @@ from transformer_lens import HookedTransformer
 from ..io import fingerprint
 from ..models import model_info
 from ..sites import Site
-from ..steer.base import load_steerer, make
+from ..steer.base import load_or_fit, make
 from ..steer.lineas import Lineas
 from ..store import ActivationStore
 
@@ -95,14 +95,11 @@ def fit_lineas_path(model: HookedTransformer, source, target, gammas: Sequence[f
     cache = Path(cache_dir) if cache_dir is not None else None
     out = []
     for steerer in tqdm(steerers, desc="lineas γ path", disable=not progress):
-        entry = None if cache is None else cache / cache_name(model, steerer, source, target)
-        if entry is not None and (entry / "config.json").exists():  # save() writes it last
-            out.append(load_steerer(entry, model))
-            continue
-        steerer.fit(model, source, target)
-        if entry is not None:
-            steerer.save(entry)
-        out.append(steerer)
+        def fit(steerer: Lineas = steerer) -> Lineas:
+            return steerer.fit(model, source, target)
+
+        out.append(fit() if cache is None else
+                   load_or_fit(cache / cache_name(model, steerer, source, target), model, fit))
     return out
 
 

@@ -23,7 +23,7 @@ from .fitsets import DEFAULT_KIND, KINDS, toxicity_fit_sets
 from ..io import (CorruptFileError, ensure_writable_dir, fingerprint, read_csv, read_json,
                   write_csv, write_json)
 from ..sites import site_spec
-from ..steer import SteerError, Steerer, load_steerer, make
+from ..steer import Steerer, load_or_fit, make
 from ..tokens import token_ids
 from ..evaluate.generation import PRESETS, GenerationSettings, settings_for
 from ..evaluate.harness import BASELINE, EvalSettings, Evaluation, compare, evaluate
@@ -172,19 +172,15 @@ def open_folder(out: str | Path, spec: JobSpec, fresh: bool = False) -> Path:
 def fit_or_load(model: HookedTransformer, name: str, spec: JobSpec, data: JobData,
                 fitted: dict[str, Steerer], folder: Path) -> Steerer:
     """The steerer ``name``, loaded from ``folder`` if a previous run saved it, else fitted."""
-    path = folder / name
-    if (path / "config.json").exists():
-        try:
-            return load_steerer(path, model)
-        except (CorruptFileError, SteerError, FileNotFoundError, ValueError):
-            pass  # damaged or from another model: fit again below (the save replaces it)
-    method, opts, base = METHODS[name]
-    opts = {**opts, **spec.sizes.options(method)}
-    if base is not None:  # a DSAS wraps the job's own fit of its base
-        opts["base"] = fitted.get(base) or fit_or_load(model, base, spec, data, fitted, folder)
-    steerer = make(method, **opts).fit(model, data.source, data.target, control=data.control)
-    steerer.save(path)
-    return steerer
+    def fit() -> Steerer:
+        method, opts, base = METHODS[name]
+        opts = {**opts, **spec.sizes.options(method)}
+        if base is not None:  # a DSAS wraps the job's own fit of its base
+            opts["base"] = fitted.get(base) or fit_or_load(model, base, spec, data, fitted,
+                                                           folder)
+        return make(method, **opts).fit(model, data.source, data.target, control=data.control)
+
+    return load_or_fit(folder / name, model, fit)
 
 
 def default_strength(steerer: Steerer) -> float:

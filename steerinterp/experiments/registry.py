@@ -21,7 +21,7 @@ from .sizes import FIGURE_SIZES, FigureSize
 from .fitsets import toxicity_fit_sets
 from ..io import CorruptFileError, fingerprint, read_csv, read_json, write_csv
 from ..io import write_json
-from ..steer import Steerer, SteerError, load_steerer, make
+from ..steer import Steerer, load_or_fit, make
 
 
 @dataclass
@@ -54,20 +54,12 @@ class Context:
         """Fit (or load from the cache) a steerer on the fit sets."""
         if name in self._steerers:
             return self._steerers[name]
-        path = self.cache / "steerers" / name
-        steerer = None
-        if (path / "config.json").exists():
-            try:
-                steerer = load_steerer(path, self.model)
-            except (CorruptFileError, SteerError, FileNotFoundError, ValueError):
-                steerer = None
-        if steerer is None:
+        def fit() -> Steerer:
             self.log(f"[figures] fitting {name}")
-            src, tgt = self.texts()
-            steerer = make(method or name, **options).fit(self.model, src, tgt)
-            steerer.save(path)
-        self._steerers[name] = steerer
-        return steerer
+            return make(method or name, **options).fit(self.model, *self.texts())
+
+        self._steerers[name] = load_or_fit(self.cache / "steerers" / name, self.model, fit)
+        return self._steerers[name]
 
 
 def _frames(ctx: Context, analysis: str, compute, reads: tuple[str, ...] | None

@@ -84,7 +84,7 @@ class FigureSize:
     fronts: FrontSize = FrontSize()  # the λ sweeps of ``--only fronts``
     convergence: tuple[int, ...] = (1000, 250, 60)  # LinEAS schedule lengths compared
     convergence_bf16: tuple[int, ...] = (250,)  # the same under bf16 autocast (train.py)
-    lineas_precision: str = "bf16"  # the γ path's fits (bf16 matches fp32: lineas_convergence)
+    lineas_precision: str = "fp32"  # the γ path's fits ("bf16": see lineas_convergence)
 
 
 FIGURE_SIZES = {
@@ -98,7 +98,7 @@ FIGURE_SIZES = {
     # (group) off, so with λ1 = λG = 1 every site is off from γ = 0.5 (test_lineas); the path
     # spans (0, 0.5).
     "default": FigureSize(n_texts=64, lineas_steps=LINEAS_CONVERGED,
-                          gammas=(0.0, 0.1, 0.2, 0.3, 0.4), sae="real", n_attr=16,
+                          gammas=(0.0, 0.1, 0.25, 0.4), sae="real", n_attr=16,
                           top_k_units=200),
 }
 

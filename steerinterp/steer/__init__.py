@@ -12,8 +12,9 @@ from . import linear_act  # noqa: F401  (registers the method)
 from . import lineas  # noqa: F401  (registers the method)
 from . import mean_shift  # noqa: F401  (registers the method)
 from .apply import steered
-from .base import REGISTRY, SteerConfig, SteerError, Steerer, available, load_steerer, make
+from .base import (REGISTRY, SteerConfig, SteerError, Steerer, available, load_or_fit,
+                   load_steerer, make)
 from .fold import fold_into_weights
 
 __all__ = ["REGISTRY", "SteerConfig", "SteerError", "Steerer", "available",
-           "fold_into_weights", "load_steerer", "make", "steered"]
+           "fold_into_weights", "load_or_fit", "load_steerer", "make", "steered"]

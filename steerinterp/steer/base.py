@@ -15,6 +15,7 @@ import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from collections.abc import Callable
 from typing import ClassVar
 
 import torch
@@ -22,7 +23,7 @@ from jaxtyping import Float
 from torch import nn
 from transformer_lens import HookedTransformer
 
-from ..io import load_tensors, read_json, save_tensors, versions, write_json
+from ..io import CorruptFileError, load_tensors, read_json, save_tensors, versions, write_json
 from ..models import check_provenance, model_info
 from ..sites import Site, default_sites, from_units, parse_sites, to_units
 from ..store import ActivationStore
@@ -234,6 +235,21 @@ class Steerer(nn.Module):
             "provenance": self.provenance, "extra": self.extra_state(), "state_sha256": sha,
             "tensors": sorted(tensors)})
         return path
+
+
+def load_or_fit(path: str | Path, model: HookedTransformer,
+                fit: Callable[[], Steerer]) -> Steerer:
+    """The steerer saved at ``path`` when it loads and matches ``model``; otherwise ``fit()``'s,
+    saved there (replacing a damaged or foreign save). How long jobs resume their fits."""
+    path = Path(path)
+    if (path / "config.json").exists():
+        try:
+            return load_steerer(path, model)
+        except (CorruptFileError, SteerError, FileNotFoundError, ValueError):
+            pass  # damaged, or from another model: fit again (the save replaces it)
+    steerer = fit()
+    steerer.save(path)
+    return steerer
 
 
 def load_steerer(path: str | Path, model: HookedTransformer | None = None) -> Steerer:

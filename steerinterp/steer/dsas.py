@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import math
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -44,8 +43,6 @@ import numpy as np
 import pandas as pd
 import torch
 from jaxtyping import Float
-from sklearn.decomposition import PCA
-from sklearn.linear_model import LogisticRegression
 from transformer_lens import HookedTransformer
 
 from ..collection import validate_lengths, validate_texts
@@ -56,6 +53,7 @@ from ..tokens import pad_left, token_ids
 from ..train import recipe_problem
 from . import lineas as _lineas  # noqa: F401  (registers "lineas" for make())
 from .apply import steered
+from .probe import pca_logistic, stratified_split
 from .base import REGISTRY, SteerConfig, Steerer, SteerError, make, register
 from .dsas_e2e import train_e2e
 
@@ -100,31 +98,6 @@ class DsasConfig(SteerConfig):
             raise SteerError("e2e dsas compares mean-pooled activations; leave pool unset")
 
 
-def _split(n_src: int, n_ctl: int, frac: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Seeded stratified split of ``[source; control]`` rows into (fit, validation) indices."""
-    gen = torch.Generator().manual_seed(seed)
-    fit, val = [], []
-    for offset, n in ((0, n_src), (n_src, n_ctl)):
-        order = (torch.randperm(n, generator=gen) + offset).tolist()
-        k = min(max(1, math.ceil(frac * n)), n - 1)
-        val += order[:k]
-        fit += order[k:]
-    return np.array(fit), np.array(val)
-
-
-def _probe(x: np.ndarray, y: np.ndarray, n_components: int, C: float,
-           seed: int) -> tuple[np.ndarray, float, int]:
-    """PCA → standardised scores → logistic regression, folded into ``logit = u·x + c``."""
-    r = max(1, min(n_components, len(x) - 1, x.shape[1]))
-    pca = PCA(n_components=r, random_state=seed).fit(x)
-    scores = pca.transform(x)
-    sd = scores.std(0)
-    sd = np.where(sd > 1e-12, sd, 1.0)
-    clf = LogisticRegression(C=C, max_iter=5000, random_state=seed).fit(scores / sd, y)
-    u = pca.components_.T @ (clf.coef_[0] / sd)
-    return u, float(clf.intercept_[0] - pca.mean_ @ u), r
-
-
 def fit_gate(src: Float[torch.Tensor, "n d"], ctl: Float[torch.Tensor, "m d"],
              n_components: int = 5, C: float = 1.0, val_fraction: float = 0.25,
              seed: int = 0) -> tuple[torch.Tensor, float, dict]:
@@ -135,10 +108,10 @@ def fit_gate(src: Float[torch.Tensor, "n d"], ctl: Float[torch.Tensor, "m d"],
                          "held out to measure probe accuracy)")
     x = torch.cat([src, ctl]).double().numpy()
     y = np.r_[np.ones(len(src)), np.zeros(len(ctl))]
-    fit, val = _split(len(src), len(ctl), val_fraction, seed)
-    u_f, c_f, _ = _probe(x[fit], y[fit], n_components, C, seed)
+    fit, val = stratified_split(len(src), len(ctl), val_fraction, seed)
+    u_f, c_f, _ = pca_logistic(x[fit], y[fit], n_components, C, seed)
     accuracy = float(((x[val] @ u_f + c_f > 0) == y[val]).mean())
-    u, c, r = _probe(x, y, n_components, C, seed)
+    u, c, r = pca_logistic(x, y, n_components, C, seed)
     train_acc = float(((x @ u + c > 0) == y).mean())
     return torch.from_numpy(u), c, {"accuracy": accuracy, "train_accuracy": train_acc,
                                     "n_components": r}

@@ -18,19 +18,17 @@ samples; a second probe on a stratified split gives the held-out accuracy in ``p
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from jaxtyping import Float
-from sklearn.linear_model import LogisticRegression
 
 from ..sites import Site
 from .affine import AffineSteerer
 from .base import SteerConfig, SteerError, register
+from .probe import standardised_logistic, stratified_split
 
-_MAX_ITER = 5000  # lbfgs on standardised inputs converges in far fewer steps
 
 
 @dataclass(frozen=True)
@@ -49,20 +47,12 @@ class ItiConfig(SteerConfig):
             raise SteerError(f"val_fraction must be in [0, 1), got {self.val_fraction!r}")
 
 
-def _probe(x: np.ndarray, y: np.ndarray, c: float, seed: int):
-    """A logistic probe on standardised ``x``; returns it and the standardisation."""
-    mu, sd = x.mean(0), x.std(0)
-    sd = np.where(sd > 0, sd, 1.0)  # constant units: any scale works, their weight is ~0
-    clf = LogisticRegression(C=c, max_iter=_MAX_ITER, random_state=seed)
-    return clf.fit((x - mu) / sd, y), mu, sd
-
-
 def probe_direction(src: Float[torch.Tensor, "n d"], tgt: Float[torch.Tensor, "m d"],
                     c: float = 1.0, seed: int = 0) -> tuple[torch.Tensor, float, float]:
     """``(θ, σ, train accuracy)``: unit normal toward the target, std of projections on θ."""
     x = torch.cat([src, tgt]).double().numpy()
     y = np.r_[np.ones(len(src)), np.zeros(len(tgt))]
-    clf, mu, sd = _probe(x, y, c, seed)
+    clf, mu, sd = standardised_logistic(x, y, c, seed)
     # decision(x) = w_std · (x − μ)/s + b, so its gradient in activation space is w_std / s;
     # a positive decision means "source", hence the minus sign to point at the target.
     w = -clf.coef_[0] / sd
@@ -82,16 +72,11 @@ def heldout_accuracy(src: torch.Tensor, tgt: torch.Tensor, c: float, frac: float
     ``None`` when a class is too small to leave samples on both sides."""
     if frac == 0 or min(len(src), len(tgt)) < 2:
         return None
-    gen = torch.Generator().manual_seed(seed)
-    parts = {"fit": ([], []), "val": ([], [])}
-    for label, acts in ((1, src), (0, tgt)):
-        order = torch.randperm(len(acts), generator=gen)
-        k = min(max(1, math.ceil(frac * len(acts))), len(acts) - 1)
-        for part, idx in (("val", order[:k]), ("fit", order[k:])):
-            parts[part][0].append(acts[idx].double().numpy())
-            parts[part][1].append(np.full(len(idx), label))
-    (xf, yf), (xv, yv) = [(np.concatenate(a), np.concatenate(b)) for a, b in parts.values()]
-    clf, mu, sd = _probe(xf, yf, c, seed)
+    x = torch.cat([src, tgt]).double().numpy()
+    y = np.r_[np.ones(len(src)), np.zeros(len(tgt))]
+    fit, val = stratified_split(len(src), len(tgt), frac, seed)
+    clf, mu, sd = standardised_logistic(x[fit], y[fit], c, seed)
+    xv, yv = x[val], y[val]
     return float(clf.score((xv - mu) / sd, yv))
 
 
