@@ -146,3 +146,16 @@ def test_compare_fit_sets_calibrates_evaluates_and_resumes(tiny_gpt2, tmp_path):
     assert (tmp_path / "fitsets.csv").exists()
     again = compare_fit_sets(tiny_gpt2, **kw)
     assert again["mean_score"].tolist() == frame["mean_score"].tolist()
+
+
+def test_the_shipped_pools_are_found_where_the_package_looks():
+    """Every pool shipped in ``steerinterp/resources/fitsets`` is what ``packaged_pool`` returns
+    for its cache name (a moved module must not lose them: they save a 34-minute sampling)."""
+    from pathlib import Path
+
+    import steerinterp
+
+    shipped = sorted((Path(steerinterp.__file__).parent / "resources" / "fitsets").glob("*.csv.gz"))
+    assert shipped, "the default model's continuation pool is not packaged"
+    for path in shipped:
+        assert fitsets.packaged_pool(path.name.removesuffix(".csv.gz")) == path

@@ -127,7 +127,7 @@ def packaged_pool(name: str) -> Path | None:
     """The pool shipped with the package for the default model (``name`` = the cache folder's
     name, which hashes model and sampling settings), so a fresh clone does not sample it.
     Made by ``steerinterp fitsets --export`` with the default settings."""
-    path = Path(__file__).parent / "resources" / "fitsets" / f"{name}.csv.gz"
+    path = Path(__file__).parents[1] / "resources" / "fitsets" / f"{name}.csv.gz"
     return path if path.is_file() else None
 
 
