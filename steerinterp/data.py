@@ -283,7 +283,7 @@ def is_builtin(name: str | os.PathLike) -> bool:
     return key.startswith("builtin:") or key in BUILTIN_SETS
 
 
-def _resolve(name: str) -> tuple[str, ...]:
+def _resolve(name: str | os.PathLike) -> tuple[str, ...]:
     key = str(name)
     if key.startswith("builtin:"):
         key = key[len("builtin:"):]

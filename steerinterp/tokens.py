@@ -4,7 +4,6 @@ tokenizer adds one, truncation to ``max_tokens``, and the mask of positions that
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -25,7 +24,7 @@ class Batch:
     pool_mask: Bool[torch.Tensor, "batch pos"]
 
 
-def check_texts(texts: Sequence[str], what: str = "texts", *, allow_empty: bool = False,
+def check_texts(texts: object, what: str = "texts", *, allow_empty: bool = False,
                 allow_blank: bool = False, error: type[Exception] = ValueError) -> list[str]:
     """``texts`` as a list of strings, or ``error`` naming the problem: one string where a list
     belongs, an empty list (unless ``allow_empty``), items that are not strings, and empty or

@@ -58,8 +58,11 @@ def test_convergence_cache_refits_only_new_schedules(model, two_sets, tmp_path):
     kw = dict(config={"minibatch": 4}, log=lambda msg: None, cache_dir=tmp_path)
     first = lineas_convergence(model, source, target, source, target, schedules=(2,), **kw)
     assert (tmp_path / "2" / "points.csv").exists()
-    # model=None: a refit would fail, so schedule 2 must come from the cache and only 3 is fitted
-    again = lineas_convergence(None, source, target, source, target, schedules=(2,), **kw)
+    # A refit would fail, so schedule 2 must come from the cache and only 3 is fitted
+    import steerinterp.analysis.convergence as conv
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(conv, "make", lambda *a, **k: pytest.fail("refitted a cached schedule"))
+        again = lineas_convergence(model, source, target, source, target, schedules=(2,), **kw)
     pd.testing.assert_frame_equal(again["lineas_checkpoints"], first["lineas_checkpoints"],
                                   check_dtype=False)
     both = lineas_convergence(model, source, target, source, target, schedules=(2, 3), **kw)

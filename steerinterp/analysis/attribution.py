@@ -36,7 +36,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 import torch
-from jaxtyping import Bool, Float
+from jaxtyping import Float
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
@@ -66,7 +66,8 @@ class Restricted(Steerer):
     method = "restricted"
 
     def __init__(self, base: Steerer, sites=None,
-                 unit_masks: Mapping[Site | str, Bool[torch.Tensor, "d"]] | None = None) -> None:
+                 # bool [d] masks; any tensor is accepted so _check_mask can name a bad one
+                 unit_masks: Mapping[Site | str, torch.Tensor] | None = None) -> None:
         if not isinstance(base, Steerer) or not base.fitted:
             raise SteerError(f"Restricted needs a fitted steerer, got {type(base).__name__}")
         super().__init__(base.config, check=False)  # the range is the base's (checked there)

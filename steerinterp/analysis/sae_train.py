@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+from collections.abc import Sequence
 import shutil
 import signal
 import tempfile
@@ -87,7 +88,7 @@ def training_texts(seed: int = 0) -> list[str]:
 
 
 def train_sae(model: HookedTransformer, site: Site | str, size: str = "quick",
-              texts: list[str] | None = None, cache_dir: str | os.PathLike | None = None,
+              texts: Sequence[str] | None = None, cache_dir: str | os.PathLike | None = None,
               seed: int = 0, progress: bool = True):
     """A SAELens TopK SAE (``sae_lens.SAE``) trained on ``model``'s activations at ``site``.
 
@@ -110,7 +111,7 @@ def train_sae(model: HookedTransformer, site: Site | str, size: str = "quick",
 
 
 def sae_folder(model: HookedTransformer, site: Site | str, size: str = "quick",
-               texts: list[str] | None = None, cache_dir: str | os.PathLike | None = None,
+               texts: Sequence[str] | None = None, cache_dir: str | os.PathLike | None = None,
                seed: int = 0) -> Path:
     """Where :func:`train_sae` keeps (or will keep) the SAE for these arguments."""
     return _locate(model, site, size, texts, cache_dir, seed)[0]

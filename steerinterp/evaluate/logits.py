@@ -25,7 +25,7 @@ LOGITS_PER_CHUNK = 2**25
 def final_residual(model: HookedTransformer, tokens: Int[torch.Tensor, "batch pos"],
                    mask: Int[torch.Tensor, "batch pos"],
                    cache: TransformerLensKeyValueCache | None = None, last_only: bool = False
-                   ) -> Float[torch.Tensor, "batch pos d_model"]:
+                   ) -> Float[torch.Tensor, "batch out_pos d_model"]:
     """Every block (hooks fire on every position; ``cache`` grows), then the final norm: on
     the whole grid, or on the last position only with ``last_only`` (decoding)."""
     resid = model(tokens, attention_mask=mask, past_kv_cache=cache,

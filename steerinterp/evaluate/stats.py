@@ -26,7 +26,10 @@ _PAIR = ["prompt_id", "sample"]
 # --------------------------------------------------------------------------- primitives
 
 
-def cluster_se(influence: Sequence[float]) -> float:
+Numbers = Sequence[float] | np.ndarray | pd.Series  # what the estimators accept
+
+
+def cluster_se(influence: Numbers) -> float:
     """SE of an estimator from its per-cluster influence sums ψ_g: √(G/(G−1) · Σ ψ_g²).
 
     ``nan`` with fewer than two clusters (no variance can be estimated from one).
@@ -38,8 +41,7 @@ def cluster_se(influence: Sequence[float]) -> float:
     return math.sqrt(g / (g - 1) * float(np.sum(psi * psi)))
 
 
-def mean_from_totals(totals: Sequence[float],
-                     counts: Sequence[float]) -> tuple[float, float]:
+def mean_from_totals(totals: Numbers, counts: Numbers) -> tuple[float, float]:
     """Pooled mean ΣT_g/ΣN_g of clusters with totals T_g over N_g units, and its CR1 SE.
 
     The mean's influence sum for cluster g is (T_g − ȳ·N_g)/N, the sandwich ``bread·meat·bread``
@@ -55,7 +57,8 @@ def mean_from_totals(totals: Sequence[float],
     return mean, cluster_se((totals - mean * counts) / n)
 
 
-def clustered_mean(values: Sequence[float], clusters: Sequence[Hashable]) -> tuple[float, float]:
+def clustered_mean(values: Numbers, clusters: Sequence[Hashable] | np.ndarray | pd.Series
+                   ) -> tuple[float, float]:
     """Mean of ``values`` and its cluster-robust SE, units in one cluster being correlated."""
     values = np.asarray(values, dtype=np.float64)
     codes, _ = pd.factorize(pd.Series(clusters), use_na_sentinel=False)

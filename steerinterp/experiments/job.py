@@ -90,7 +90,10 @@ class JobSpec:
         return JOB_SIZES[self.size]
 
     def to_dict(self) -> dict:
-        return {**dataclasses.asdict(self), "sizes": dataclasses.asdict(self.sizes)}
+        sizes = dataclasses.asdict(self.sizes)
+        if sizes["lineas_precision"] == "fp32":  # runs saved before the option still resume
+            del sizes["lineas_precision"]
+        return {**dataclasses.asdict(self), "sizes": sizes}
 
 
 @dataclass

@@ -10,6 +10,8 @@ drawn only from the tidy frame the analysis returns.
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
+from collections.abc import Sequence
+
 import numpy as np
 import pandas as pd
 from matplotlib.ticker import MaxNLocator
@@ -31,7 +33,7 @@ def _sets_label(df: pd.DataFrame) -> str:
 
 
 # -- AUROC map --------------------------------------------------------------------------------
-def _sorted_image(part: pd.DataFrame, layers: list[int], width: int) -> np.ndarray:
+def _sorted_image(part: pd.DataFrame, layers: Sequence[int], width: int) -> np.ndarray:
     """Rows = layers, columns = units sorted by AUROC (high → low); NaN pads narrow layers."""
     img = np.full((len(layers), width), np.nan)
     for i, layer in enumerate(layers):
@@ -53,7 +55,8 @@ def plot_auroc_map(df: pd.DataFrame):
                            layout="constrained")
         for ax, point in zip(axes[0], points):
             part = df[df["point"] == point]
-            img = _sorted_image(part, layers, int(part.groupby("layer").size().max()))
+            img = _sorted_image(part, [int(x) for x in layers],
+                                int(part.groupby("layer").size().max()))
             im = ax.imshow(img, aspect="auto", cmap="RdBu_r", vmin=0.5 - span, vmax=0.5 + span,
                            interpolation="nearest",
                            extent=(0.5, img.shape[1] + 0.5, len(layers) - 0.5, -0.5))
