@@ -52,11 +52,10 @@ def target_logprobs(model: HookedTransformer, resid: Float[torch.Tensor, "n d_mo
     return torch.cat(out) if out else resid.new_zeros(0, dtype=torch.float32)
 
 
-def scored_logp(model: HookedTransformer, ids: list[list[int]], checkpointed: bool = False
-                ) -> tuple[Float[torch.Tensor, "batch"], torch.Tensor]:
-    """Summed next-token log p per text of one left-padded batch, and the batch's real-token
-    mask. ``checkpointed``: differentiable, with each logit chunk recomputed in the backward
-    pass, so a backward never keeps the vocabulary-sized logits alive."""
+def _scored(model: HookedTransformer, ids: list[list[int]], checkpointed: bool
+            ) -> tuple[Float[torch.Tensor, "n"], Int[torch.Tensor, "n"], torch.Tensor]:
+    """log p of every scored position of one left-padded batch, each one's row, and the
+    batch's real-token mask."""
     batch = pad_left(model, ids, skip_first=False)
     resid = final_residual(model, batch.tokens, batch.attention_mask)
     real = batch.attention_mask.bool()
@@ -70,14 +69,23 @@ def scored_logp(model: HookedTransformer, ids: list[list[int]], checkpointed: bo
                          or [r.new_zeros(0)])
     else:
         logp = target_logprobs(model, r, t)
-    rows = scored.nonzero()[:, 0]
+    return logp, scored.nonzero()[:, 0], real
+
+
+def scored_logp(model: HookedTransformer, ids: list[list[int]], checkpointed: bool = False
+                ) -> tuple[Float[torch.Tensor, "batch"], torch.Tensor]:
+    """Summed next-token log p per text of one left-padded batch, and the batch's real-token
+    mask. ``checkpointed``: differentiable, with each logit chunk recomputed in the backward
+    pass, so a backward never keeps the vocabulary-sized logits alive."""
+    logp, rows, real = _scored(model, ids, checkpointed)
     out = torch.zeros(len(ids), dtype=logp.dtype, device=logp.device).index_add(0, rows, logp)
     return out, real
 
 
 @torch.inference_mode()
 def batch_nll(model: HookedTransformer, ids: list[list[int]]) -> Float[torch.Tensor, "batch"]:
-    """Summed next-token NLL per text of one left-padded batch, float64 on the CPU (exact
-    enough for any length, and MPS has no float64)."""
-    logp, _ = scored_logp(model, ids)
-    return -logp.cpu().double()
+    """Summed next-token NLL per text of one left-padded batch, float64 on the CPU: summed in
+    float64 (exact enough for any length; MPS has no float64)."""
+    logp, rows, _ = _scored(model, ids, checkpointed=False)
+    out = torch.zeros(len(ids), dtype=torch.float64)
+    return out.index_add_(0, rows.cpu(), -logp.cpu().double())
