@@ -25,10 +25,7 @@ def bench_collect_cmd(
     texts = load_texts("wiki_target", n=n, seed=0)
     result = bench_collect(m, texts, sites, batch_size=batch_size, max_tokens=max_tokens,
                            repeats=repeats)
-    _print_dict(result, "bench collect")
-    if out is not None:
-        from ..io import write_json
-        write_json(out, result)
+    _report(result, "bench collect", out)
 
 
 @bench_app.command(name="steer")
@@ -70,10 +67,7 @@ def bench_auroc_cmd(
 
     m = _load(model, device)
     result = bench_auroc(m, n=n, subset=subset, repeats=repeats)
-    _print_dict(result, "bench auroc")
-    if out is not None:
-        from ..io import write_json
-        write_json(out, result)
+    _report(result, "bench auroc", out)
 
 
 @bench_app.command(name="lineas")
@@ -88,10 +82,7 @@ def bench_lineas_cmd(
     from ..bench.train import bench_lineas
 
     result = bench_lineas(_load(model, device), n=n, repeats=repeats, fit_set=fit_set)
-    _print_dict(result, "bench lineas")
-    if out is not None:
-        from ..io import write_json
-        write_json(out, result)
+    _report(result, "bench lineas", out)
 
 
 @bench_app.command(name="generate")
@@ -106,9 +97,12 @@ def bench_generate_cmd(
 
     result = bench_generate(_load(model, device), n_prompts=prompts, new_tokens=new_tokens,
                             repeats=repeats)
-    _print_dict(result, "bench generate")
+    _report(result, "bench generate", out)
+
+
+def _report(result: dict, title: str, out: Path | None) -> None:
+    """Print a benchmark's result; with ``out``, also write it as JSON there."""
+    _print_dict(result, title)
     if out is not None:
         from ..io import write_json
         write_json(out, result)
-
-
