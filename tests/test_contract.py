@@ -3,6 +3,8 @@
 Adding a method = one row in ``METHODS`` (a test fails until the row exists).
 """
 
+import os
+
 import pytest
 import torch
 from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
@@ -37,7 +39,8 @@ def test_every_registered_method_has_a_row():
 
 @pytest.fixture(scope="module", params=["gpt2", "gemma"])
 def model(request):
-    return tiny_model(request.param, seed=1)
+    # `make gpu-check` runs this suite with the models on the GPU
+    return tiny_model(request.param, seed=1).to(os.environ.get("STEERINTERP_TEST_DEVICE", "cpu"))
 
 
 @pytest.fixture(scope="module", params=sorted(METHODS))

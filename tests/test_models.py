@@ -273,7 +273,7 @@ def test_fast_layout_keeps_logits_bit_identical(arch):
 
 
 def test_weight_signature_positions_stay_inside_large_tensors():
-    from steerinterp.models import spread
+    from steerinterp.provenance import spread
 
     n = 262_144 * 640  # gemma-3-270m's W_E: past float32's exact integers
     assert spread(n, 8)[0] == 0 and spread(n, 8)[-1] == n - 1

@@ -20,7 +20,7 @@ import torch
 from transformer_lens import HookedTransformer
 
 from ..data import load_texts
-from ..models import same_model
+from ..provenance import same_model
 from ..steer.base import Steerer
 from .auroc_map import AnalysisError, _require, neuron_auroc
 

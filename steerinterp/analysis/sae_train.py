@@ -29,7 +29,7 @@ from transformer_lens import HookedTransformer
 
 from ..assets import cache_dir as default_cache_dir
 from ..io import default_mode, fingerprint, read_json, sha256_of, write_json
-from ..models import model_info
+from ..provenance import model_info
 from ..sites import Site
 
 FORMAT = "steerinterp.sae/1"

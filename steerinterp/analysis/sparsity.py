@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
 from ..io import fingerprint
-from ..models import model_info
+from ..provenance import model_info
 from ..sites import Site
 from ..steer.base import load_or_fit, make
 from ..steer.lineas import Lineas

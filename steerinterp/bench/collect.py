@@ -15,7 +15,7 @@ from transformer_lens import HookedTransformer
 
 from ..collection import collect
 from .common import machine, peak_memory, sync
-from ..models import model_info
+from ..provenance import model_info
 from ..sites import parse_sites
 from ..tokens import pad_left, token_ids
 

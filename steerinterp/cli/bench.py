@@ -100,6 +100,23 @@ def bench_generate_cmd(
     _report(result, "bench generate", out)
 
 
+@bench_app.command(name="gpu-check")
+def gpu_check_cmd(
+    model: str = MODEL, device: str = typer.Option("cuda", help="The GPU to check."),
+    schedules: str = typer.Option("250,1000", help="LinEAS schedules timed (steps)."),
+    fit_set: str = typer.Option("continuations", help="Fit-set kind (tiny models: wiki)."),
+    out: Path = typer.Option(Path("results/gpu_check.json"), help="Where the JSON goes."),
+) -> None:
+    """On a GPU machine: the method contract on the GPU, LinEAS fit times (reference recipe)
+    and steered generation throughput, in one JSON file (`make gpu-check`)."""
+    from ..bench.gpu_check import check_device, gpu_check
+
+    check_device(device)
+    steps = tuple(int(s) for s in schedules.split(","))
+    tests = Path(__file__).resolve().parents[2] / "tests"
+    _report(gpu_check(_load(model, device), tests, steps, fit_set=fit_set), "gpu check", out)
+
+
 def _report(result: dict, title: str, out: Path | None) -> None:
     """Print a benchmark's result; with ``out``, also write it as JSON there."""
     _print_dict(result, title)

@@ -24,7 +24,7 @@ from torch import nn
 from transformer_lens import HookedTransformer
 
 from ..io import CorruptFileError, load_tensors, read_json, save_tensors, versions, write_json
-from ..models import check_provenance, model_info
+from ..provenance import check_provenance, model_info
 from ..sites import Site, default_sites, from_units, parse_sites, to_units
 from ..store import ActivationStore
 

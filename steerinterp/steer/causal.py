@@ -25,7 +25,7 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
-from ..models import model_info
+from ..provenance import model_info
 from ..sites import Site
 from ..store import ActivationStore
 from .apply import steered

@@ -40,7 +40,7 @@ from transformer_lens import HookedTransformer
 from ..collection import collect, validate_lengths, validate_texts
 from ..store import ActivationStore
 from ..tokens import token_ids
-from ..models import same_model
+from ..provenance import same_model
 from ..train import (DEFAULT_LR, TrainSettings, group_soft_threshold, plateau, recipe_problem,
                      resolve_batch, soft_threshold, train, w2_matched)
 from .affine import AffineSteerer
