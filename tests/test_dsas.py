@@ -13,7 +13,8 @@ from steerinterp.collection import collect
 from steerinterp.models import tiny_model
 from steerinterp.sites import Site
 from steerinterp.steer import SteerError, load_steerer, make, steered
-from steerinterp.steer.dsas import fit_gate
+from steerinterp.analysis.token_scales import TOKEN_COLUMNS, token_scales
+from steerinterp.steer.probe import fit_gate
 from steerinterp.store import ActivationStore, build_meta
 
 SOURCE = ["you are a stupid idiot", "shut up you fool", "what a disgusting pig",
@@ -122,7 +123,7 @@ def test_useless_probe_gets_gate_zero(model):
     acts = torch.randn(4, 32)
     assert torch.equal(dsas.steer(acts, SITES[1]), acts)
     assert torch.equal(dsas.tensor(SITES[1], "u"), torch.zeros(32))
-    scales = dsas.scales(model, PROMPT)
+    scales = token_scales(model, dsas, PROMPT)
     assert (scales[scales.site == "L1.mlp_out"].scale == 0).all()
 
 
@@ -131,13 +132,13 @@ def test_useless_probe_gets_gate_zero(model):
 def test_scales_frame(model, bases, gate):
     dsas = make("dsas", base=bases["mean_shift"], gate=gate, threshold=0.0).fit(
         model, SOURCE, control=CONTROL)
-    df = dsas.scales(model, PROMPT)
-    assert list(df.columns) == ["example", "position", "token", "site", "scale"]
+    df = token_scales(model, dsas, PROMPT)
+    assert list(df.columns) == TOKEN_COLUMNS
     n_tokens = sum(len(model.to_str_tokens(p)) for p in PROMPT)
     assert len(df) == n_tokens * len(dsas.sites)
     assert df.scale.between(0, 1).all() and set(df.site) == {str(s) for s in dsas.sites}
     first = dsas.sites[0]
-    row = df[(df.example == 1) & (df.site == str(first))]
+    row = df[(df.text_id == 1) & (df.site == str(first))]
     assert row.token.str.cat() == model.tokenizer.decode(model.to_tokens(PROMPT[1])[0])
     assert list(row.position) == list(range(len(row)))
     # The first site sees the untouched model: its scales equal the gate on a plain run.

@@ -2,8 +2,8 @@
 (DSAS, arXiv 2512.03661; METHODS.md §6: "the per-token scales s also give an
 interpretability read-out").
 
-The gates are read by :meth:`steerinterp.steer.dsas.Dsas.scales`, i.e. as inference sees them:
-on each site's incoming activation during a run steered by the DSAS itself.
+The gates are read as inference sees them: on each site's incoming activation during a run
+steered by the DSAS itself.
 """
 
 from __future__ import annotations
@@ -12,12 +12,15 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
+import torch
 from transformer_lens import HookedTransformer
 
 from ..collection import validate_texts
+from ..hooks import last_layer, recording
 from ..sites import Site
 from ..steer.dsas import Dsas
-from ..tokens import ids_with_next_token
+from ..steer.apply import steered
+from ..tokens import ids_with_next_token, pad_left, token_ids
 from .sparsity import check_sites
 
 TOKEN_COLUMNS = ["text_id", "position", "token", "is_first", "site", "layer", "point", "scale"]
@@ -29,6 +32,36 @@ def _check_texts(model: HookedTransformer, texts, max_tokens: int) -> list[str]:
     texts = validate_texts(texts)
     ids_with_next_token(model, texts, max_tokens, "token scales need at least one")
     return texts
+
+
+@torch.no_grad()
+def _gate_rows(model: HookedTransformer, dsas: Dsas, texts: list[str],
+               strength: float | None) -> pd.DataFrame:
+    """Per-token gates (``example``, ``position``, ``token``, ``site``, ``scale``), read as
+    inference sees them: on each site's incoming activation during a run steered by ``dsas``
+    at ``strength``."""
+    ids = token_ids(model, validate_texts(texts), dsas.config.max_tokens)
+    rows, bs = [], dsas.config.batch_size
+    for start in range(0, len(ids), bs):
+        chunk = ids[start:start + bs]
+        batch = pad_left(model, chunk, skip_first=False)
+        seen: dict[Site, torch.Tensor] = {}
+
+        def read(site: Site, units: torch.Tensor) -> None:
+            seen[site] = dsas.gate(units.float(), site).cpu()
+
+        # Entered before steered(): the gates read each site's incoming activation.
+        with recording(model, dsas.sites, read), steered(model, dsas, strength=strength):
+            model(batch.tokens, attention_mask=batch.attention_mask,
+                  stop_at_layer=last_layer(dsas.sites))
+        width = batch.tokens.shape[1]
+        for i, x in enumerate(chunk):
+            toks = [model.tokenizer.decode([t]) for t in x]
+            for site in dsas.sites:
+                vals = seen[site][i, width - len(x):].tolist()
+                rows += [{"example": start + i, "position": p, "token": toks[p],
+                          "site": str(site), "scale": v} for p, v in enumerate(vals)]
+    return pd.DataFrame(rows, columns=["example", "position", "token", "site", "scale"])
 
 
 def token_scales(model: HookedTransformer, dsas: Dsas, texts: Sequence[str],
@@ -55,7 +88,7 @@ def token_scales(model: HookedTransformer, dsas: Dsas, texts: Sequence[str],
     texts = _check_texts(model, texts, max_tokens)
     frames = []
     for start in range(0, len(texts), batch_size):
-        df = dsas.scales(model, texts[start:start + batch_size], strength=strength)
+        df = _gate_rows(model, dsas, texts[start:start + batch_size], strength)
         # Positions depend only on earlier tokens (causal model), so cutting after the run
         # equals cutting the texts before it.
         frames.append(df[(df["position"] < max_tokens) & df["site"].isin(keep)]

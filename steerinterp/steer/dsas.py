@@ -23,7 +23,7 @@ GUESS (our reconstruction; each choice is a config option or documented where ma
   gate itself is refitted on all samples; inactive sites get ``s = 0`` exactly (no steering);
 * ``gate="relu"`` is ``clamp(u·z + c, 0, 1)``;
 * the gate reads the site's *incoming* activation, i.e. shaped by steering at earlier sites,
-  as inference sees it (also what :meth:`Dsas.scales` reports);
+  as inference sees it (also what :func:`steerinterp.analysis.token_scales` reports);
 * E2E: control term ``μ·‖ξ_ℓ(C) − η_ℓ(C)‖²`` (reduced like the W2 loss) added to LinEAS's,
   one optimiser and lr for maps and gates (LinEAS's reference recipe, see ``dsas_e2e``), gates
   initialised from the probe, only active sites' gates trained;
@@ -39,26 +39,23 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-import numpy as np
 import pandas as pd
 import torch
 from jaxtyping import Float
 from transformer_lens import HookedTransformer
 
 from ..collection import validate_lengths, validate_texts
-from ..hooks import last_layer, recording
 from ..sites import Site
 from ..store import ActivationStore
-from ..tokens import pad_left, token_ids
+from ..tokens import token_ids
 from ..train import recipe_problem
 from . import lineas as _lineas  # noqa: F401  (registers "lineas" for make())
-from .apply import steered
-from .probe import pca_logistic, stratified_split
+from .probe import fit_gate
 from .base import REGISTRY, SteerConfig, Steerer, SteerError, make, register
-from .dsas_e2e import train_e2e
+from .dsas_e2e import identity_lineas, train_e2e
+from .nested import base_record, link_base, rebuild_base
 
 GATES = ("sigmoid", "relu")
-BASE = "base_"  # prefix of the base steerer's tensors inside DSAS's state (saved together)
 
 
 @dataclass(frozen=True)
@@ -96,25 +93,6 @@ class DsasConfig(SteerConfig):
             raise SteerError(f"dsas {problem}")
         if self.e2e and self.pool not in (None, "mean"):
             raise SteerError("e2e dsas compares mean-pooled activations; leave pool unset")
-
-
-def fit_gate(src: Float[torch.Tensor, "n d"], ctl: Float[torch.Tensor, "m d"],
-             n_components: int = 5, C: float = 1.0, val_fraction: float = 0.25,
-             seed: int = 0) -> tuple[torch.Tensor, float, dict]:
-    """``(u, c, stats)`` of a source(1)-vs-control(0) probe on pooled activations. ``stats``:
-    ``accuracy`` (held out), ``train_accuracy`` (final probe, all samples), ``n_components``."""
-    if min(len(src), len(ctl)) < 2:
-        raise SteerError("dsas needs at least 2 source and 2 control texts (one of each is "
-                         "held out to measure probe accuracy)")
-    x = torch.cat([src, ctl]).double().numpy()
-    y = np.r_[np.ones(len(src)), np.zeros(len(ctl))]
-    fit, val = stratified_split(len(src), len(ctl), val_fraction, seed)
-    u_f, c_f, _ = pca_logistic(x[fit], y[fit], n_components, C, seed)
-    accuracy = float(((x[val] @ u_f + c_f > 0) == y[val]).mean())
-    u, c, r = pca_logistic(x, y, n_components, C, seed)
-    train_acc = float(((x @ u + c > 0) == y).mean())
-    return torch.from_numpy(u), c, {"accuracy": accuracy, "train_accuracy": train_acc,
-                                    "n_components": r}
 
 
 def _count(data) -> int:
@@ -191,7 +169,7 @@ class Dsas(Steerer):
             self.probe[str(site)] = dict(stats, active=active)
             self.set_tensor(site, "u", u if active else torch.zeros_like(u))
             self.set_tensor(site, "c", torch.tensor(c if active else 0.0))
-        self._link_base()
+        link_base(self.tensors, self.base)
         n_target = _count(target) if target is not None else 0
         self.record_provenance(model, sites, src.n, n_target, t0)
         if self.config.e2e:
@@ -223,13 +201,7 @@ class Dsas(Steerer):
             if not cfg.e2e:
                 self.base = make(cfg.base_method, **opts).fit(model, source, target)
                 return
-            self.base = make("lineas", steps=cfg.steps, lr=cfg.lr, minibatch=cfg.minibatch,
-                             seed=cfg.seed, optimizer=cfg.optimizer, loss=cfg.loss, **opts)
-            sites = self.base.resolve_sites(model)
-            for site in sites:
-                self.base.set_tensor(site, "omega", torch.ones(site.width(model)))
-                self.base.set_tensor(site, "bias", torch.zeros(site.width(model)))
-            self.base.record_provenance(model, sites, 0, 0, time.perf_counter())
+            self.base = identity_lineas(model, cfg, opts)
             return
         if cfg.sites is not None:
             raise SteerError("dsas steers its base's sites; do not pass sites= with a base")
@@ -239,14 +211,6 @@ class Dsas(Steerer):
             self.base.check_model(model)
         except SteerError as err:
             raise SteerError(f"dsas base: {err}") from None
-
-    def _link_base(self) -> None:
-        """Share the base's tensors as ``base_<name>`` so they save and load with DSAS's."""
-        for key in [k for k in self.tensors if Site.from_key(k)[1].startswith(BASE)]:
-            del self.tensors[key]
-        for key, p in self.base.tensors.items():
-            site, name = Site.from_key(key)
-            self.tensors[site.key(BASE + name)] = p
 
     def _ids(self, model: HookedTransformer, texts) -> list[list[int]]:
         texts = validate_texts(texts)
@@ -271,39 +235,6 @@ class Dsas(Steerer):
         return acts + s * (self.base.steer(acts, site, 1.0) - acts)
 
     # -- read-outs -----------------------------------------------------------------------------
-    @torch.no_grad()
-    def scales(self, model: HookedTransformer, texts, strength: float | None = None
-               ) -> pd.DataFrame:
-        """Per-token gates: columns ``example`` (index into ``texts``), ``position`` (token index
-        in the text, BOS included), ``token`` (decoded), ``site``, ``scale`` ∈ [0, 1].
-
-        Read as inference sees them: on each site's incoming activation during a run steered
-        by this DSAS at ``strength`` (default: the configured λ); ``strength=0`` reads the gates
-        on the untouched model."""
-        self.check_model(model)
-        ids = token_ids(model, validate_texts(texts), self.config.max_tokens)
-        rows, bs = [], self.config.batch_size
-        for start in range(0, len(ids), bs):
-            chunk = ids[start:start + bs]
-            batch = pad_left(model, chunk, skip_first=False)
-            seen: dict[Site, torch.Tensor] = {}
-
-            def read(site: Site, units: torch.Tensor) -> None:
-                seen[site] = self.gate(units.float(), site).cpu()
-
-            # Entered before steered(): the gates read each site's incoming activation.
-            with recording(model, self.sites, read), steered(model, self, strength=strength):
-                model(batch.tokens, attention_mask=batch.attention_mask,
-                      stop_at_layer=last_layer(self.sites))
-            width = batch.tokens.shape[1]
-            for i, x in enumerate(chunk):
-                toks = [model.tokenizer.decode([t]) for t in x]
-                for site in self.sites:
-                    vals = seen[site][i, width - len(x):].tolist()
-                    rows += [{"example": start + i, "position": p, "token": toks[p],
-                              "site": str(site), "scale": v} for p, v in enumerate(vals)]
-        return pd.DataFrame(rows, columns=["example", "position", "token", "site", "scale"])
-
     def probe_report(self) -> pd.DataFrame:
         """Per site: ``site``, ``accuracy`` (held out), ``train_accuracy``, ``n_components``,
         ``active`` (``accuracy >= threshold``)."""
@@ -317,10 +248,8 @@ class Dsas(Steerer):
 
     # -- disk ----------------------------------------------------------------------------------
     def extra_state(self) -> dict:
-        b = self.base
         return {"probe": self.probe, "loss_curve": self.loss_curve,
-                "base": {"method": b.method, "config": dataclasses.asdict(b.config),
-                         "provenance": b.provenance, "extra": b.extra_state()}}
+                "base": base_record(self.base)}
 
     def load_extra_state(self, state: dict) -> None:
         """Rebuild the base from its saved config and the ``base_*`` tensors (loaded already)."""
@@ -330,16 +259,5 @@ class Dsas(Steerer):
             p.data = p.data.clone()
         self.probe = {k: dict(v) for k, v in state.get("probe", {}).items()}
         self.loss_curve = list(state.get("loss_curve", []))
-        info = state["base"]
-        cls = REGISTRY[info["method"]]
-        cfg = dict(info["config"])
-        if cfg.get("sites") is not None:
-            cfg["sites"] = tuple(cfg["sites"])
-        base = cls(cls.Config(**cfg))
-        for key, p in self.tensors.items():
-            site, name = Site.from_key(key)
-            if name.startswith(BASE):
-                base.tensors[site.key(name.removeprefix(BASE))] = p
-        base.provenance = info["provenance"]
-        base.load_extra_state(info.get("extra", {}))
+        base = rebuild_base(state["base"], self.tensors)
         self.base = base

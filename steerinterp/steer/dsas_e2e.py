@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import time
+
 import torch
 from transformer_lens import HookedTransformer
 
@@ -21,7 +23,7 @@ from ..store import ActivationStore
 from ..train import (DEFAULT_LR, TrainSettings, compute_dtype, pooled_forward, resolve_batch,
                      train)
 from .apply import steered
-from .base import SteerError
+from .base import SteerError, make
 
 
 def _control_term(model: HookedTransformer, ctl_ids: list[list[int]], eta: dict,
@@ -83,3 +85,16 @@ def train_e2e(dsas, model: HookedTransformer, source, target, control,
     finally:
         for p in params:
             p.requires_grad_(False)
+
+
+def identity_lineas(model: HookedTransformer, cfg, opts: dict):
+    """E2E-DSAS's base before training: LinEAS maps at identity (ω = 1, b = 0) at its sites,
+    with the DSAS config's training options."""
+    base = make("lineas", steps=cfg.steps, lr=cfg.lr, minibatch=cfg.minibatch, seed=cfg.seed,
+                optimizer=cfg.optimizer, loss=cfg.loss, precision=cfg.precision, **opts)
+    sites = base.resolve_sites(model)
+    for site in sites:
+        base.set_tensor(site, "omega", torch.ones(site.width(model)))
+        base.set_tensor(site, "bias", torch.zeros(site.width(model)))
+    base.record_provenance(model, sites, 0, 0, time.perf_counter())
+    return base

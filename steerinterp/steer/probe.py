@@ -9,7 +9,10 @@ import math
 import numpy as np
 import torch
 from sklearn.decomposition import PCA
+from jaxtyping import Float
 from sklearn.linear_model import LogisticRegression
+
+from .base import SteerError
 
 MAX_ITER = 5000  # lbfgs on standardised inputs converges in far fewer steps
 
@@ -48,3 +51,22 @@ def pca_logistic(x: np.ndarray, y: np.ndarray, n_components: int, C: float,
     clf = LogisticRegression(C=C, max_iter=MAX_ITER, random_state=seed).fit(scores / sd, y)
     u = pca.components_.T @ (clf.coef_[0] / sd)
     return u, float(clf.intercept_[0] - pca.mean_ @ u), r
+
+
+def fit_gate(src: Float[torch.Tensor, "n d"], ctl: Float[torch.Tensor, "m d"],
+             n_components: int = 5, C: float = 1.0, val_fraction: float = 0.25,
+             seed: int = 0) -> tuple[torch.Tensor, float, dict]:
+    """``(u, c, stats)`` of a source(1)-vs-control(0) probe on pooled activations. ``stats``:
+    ``accuracy`` (held out), ``train_accuracy`` (final probe, all samples), ``n_components``."""
+    if min(len(src), len(ctl)) < 2:
+        raise SteerError("dsas needs at least 2 source and 2 control texts (one of each is "
+                         "held out to measure probe accuracy)")
+    x = torch.cat([src, ctl]).double().numpy()
+    y = np.r_[np.ones(len(src)), np.zeros(len(ctl))]
+    fit, val = stratified_split(len(src), len(ctl), val_fraction, seed)
+    u_f, c_f, _ = pca_logistic(x[fit], y[fit], n_components, C, seed)
+    accuracy = float(((x[val] @ u_f + c_f > 0) == y[val]).mean())
+    u, c, r = pca_logistic(x, y, n_components, C, seed)
+    train_acc = float(((x @ u + c > 0) == y).mean())
+    return torch.from_numpy(u), c, {"accuracy": accuracy, "train_accuracy": train_acc,
+                                    "n_components": r}
