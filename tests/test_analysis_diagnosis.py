@@ -10,7 +10,7 @@ import torch
 
 import steerinterp.experiments.figures as figures
 from steerinterp.analysis import diagnose
-from steerinterp.analysis.attribution import Restricted
+from steerinterp.steer.restricted import Restricted
 from steerinterp.analysis.diagnosis import DIAGNOSIS_COLUMNS
 from steerinterp.collection import collect
 from steerinterp.evaluate.perplexity import perplexity, summarize_perplexity

@@ -36,7 +36,7 @@ from ..metrics import w2_sorted
 from ..sites import Site
 from ..steer.apply import steered
 from ..steer.base import Steerer
-from .attribution import Restricted
+from ..steer.restricted import Restricted
 
 __all__ = ["DIAGNOSIS_COLUMNS", "diagnose"]
 

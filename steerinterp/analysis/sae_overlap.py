@@ -24,7 +24,7 @@ from ..sites import Site
 from ..steer.apply import steered
 from ..steer.base import Steerer
 from ..tokens import ids_with_next_token, pad_left
-from .sparsity import check_sites
+from ..steer.base import check_sites
 
 ALIGN_COLUMNS = ["site", "feature", "cosine", "abs_cosine", "rank", "shift_norm", "d_in"]
 CHANGE_COLUMNS = ["site", "feature", "text_set", "mean_unsteered", "mean_steered", "change",

@@ -24,27 +24,12 @@ from transformer_lens import HookedTransformer
 from ..io import fingerprint
 from ..provenance import model_info
 from ..sites import Site
-from ..steer.base import load_or_fit, make
+from ..steer.base import check_sites, load_or_fit, make
 from ..steer.lineas import Lineas
 from ..store import ActivationStore
 
 SPARSITY_COLUMNS = ["gamma", "lambda1", "lambda_group", "site", "layer", "point", "n_units",
                     "support", "omega_norm", "bias_norm", "group_norm", "active"]
-
-
-def check_sites(requested, available: Sequence[Site], who: str) -> list[Site]:
-    """``requested`` (site strings or Sites; ``None``: all) as Sites, each one ``available``;
-    otherwise a ValueError naming the site and what ``who`` (e.g. "the dsas steerer") has."""
-    if requested is None:
-        return list(available)
-    if isinstance(requested, (str, Site)):
-        requested = [requested]
-    out = [Site.parse(s) for s in requested]
-    missing = [str(s) for s in out if s not in available]
-    if missing:
-        raise ValueError(f"site(s) {', '.join(missing)} are not steered by {who}; its sites: "
-                         f"{', '.join(str(s) for s in available)}")
-    return out
 
 
 def _check_gammas(gammas) -> list[float]:

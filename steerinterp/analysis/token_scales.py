@@ -21,7 +21,7 @@ from ..sites import Site
 from ..steer.dsas import Dsas
 from ..steer.apply import steered
 from ..tokens import ids_with_next_token, pad_left, token_ids
-from .sparsity import check_sites
+from ..steer.base import check_sites
 
 TOKEN_COLUMNS = ["text_id", "position", "token", "is_first", "site", "layer", "point", "scale"]
 GROUP_COLUMNS = ["group", "site", "layer", "point", "active", "mean_scale", "se", "n_texts",

@@ -15,7 +15,7 @@ import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import ClassVar
 
 import torch
@@ -235,6 +235,21 @@ class Steerer(nn.Module):
             "provenance": self.provenance, "extra": self.extra_state(), "state_sha256": sha,
             "tensors": sorted(tensors)})
         return path
+
+
+def check_sites(requested, available: Sequence[Site], who: str) -> list[Site]:
+    """``requested`` (site strings or Sites; ``None``: all) as Sites, each one ``available``;
+    otherwise a ValueError naming the site and what ``who`` (e.g. "the dsas steerer") has."""
+    if requested is None:
+        return list(available)
+    if isinstance(requested, (str, Site)):
+        requested = [requested]
+    out = [Site.parse(s) for s in requested]
+    missing = [str(s) for s in out if s not in available]
+    if missing:
+        raise ValueError(f"site(s) {', '.join(missing)} are not steered by {who}; its sites: "
+                         f"{', '.join(str(s) for s in available)}")
+    return out
 
 
 def load_or_fit(path: str | Path, model: HookedTransformer,
