@@ -35,7 +35,7 @@ PYTHON_SUBS: list[list[tuple[str, str]]] = [
     [('load_texts("toxic_prompts", n=100)', '[p[:40] for p in load_texts("toxic_prompts", n=3)]'),
      ("wiki[:64]", "wiki[:4]"),
      ("wiki[:64]", "wiki[:4]"), ("wiki[-64:]", "wiki[-4:]")],
-    [('"steps": 40', '"steps": 2'), ('size="real"', 'size="quick"'),
+    [('"steps": 250', '"steps": 2'), ('size="real"', 'size="quick"'),
      ("toxicity_fit_sets(model, n=32, held_out=True)",
       'toxicity_fit_sets(model, n=8, kind="wiki", held_out=True, progress=False)')],
 ]
