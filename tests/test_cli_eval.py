@@ -171,7 +171,7 @@ def test_fit_without_texts_uses_the_toxicity_fit_sets(tmp_path):
                     "--out", out)
     assert result.exit_code == 0, result.output
     from steerinterp.steer import load_steerer
-    assert load_steerer(out).provenance["n_source"] == 6
+    assert load_steerer(out).provenance.n_source == 6
 
 
 def test_fit_target_without_source_is_refused(tmp_path):

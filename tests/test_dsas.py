@@ -172,7 +172,7 @@ def test_save_load_identical_logits(model, bases, name, tmp_path):
 def test_two_set_call_fits_its_own_base(model):
     dsas = make("dsas", target_as_control=True).fit(model, source=SOURCE, target=TARGET)
     assert dsas.base.method == "mean_shift" and dsas.config.base_method == "mean_shift"
-    assert dsas.provenance["n_control"] == len(TARGET)
+    assert dsas.provenance.extra["n_control"] == len(TARGET)
 
 
 # -- bad input -------------------------------------------------------------------------------

@@ -43,7 +43,7 @@ def test_recovers_exact_affine_map(tiny):
                                    atol=1e-5, rtol=1e-5)
         assert act.tensor(site, "lo") is None
         torch.testing.assert_close(act.steer(src[site], site), tgt[site], atol=1e-5, rtol=1e-5)
-    assert act.provenance["n_source"] == src.n
+    assert act.provenance.n_source == src.n
 
 
 def test_support_leaves_outside_values_alone(tiny_gpt2):

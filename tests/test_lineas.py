@@ -90,7 +90,7 @@ def test_default_recipe_is_the_reference(model):
     assert isinstance(sched, torch.optim.lr_scheduler.CosineAnnealingLR)
     assert sched.eta_min == pytest.approx(1e-6) and sched.T_max == 1000
     s = make("lineas", steps=4, lr=0.01).fit(model, source=SRC, target=TGT)
-    assert s.provenance["train"]["batch_size"] == len(SRC)  # min(20, n_source)
+    assert s.provenance.extra["train"]["batch_size"] == len(SRC)  # min(20, n_source)
     floor = 0.01 * 1e-3
     expected = [floor + (0.01 - floor) * (1 + math.cos(math.pi * t / 4)) / 2 for t in range(4)]
     np.testing.assert_allclose(s.loss_frame()["lr"], expected, rtol=1e-6)
@@ -134,7 +134,7 @@ def test_full_target_loss_with_unequal_counts(model):
     """Step 0 runs the identity maps: its loss is the quantile-matched W2 between the
     unsteered source batch (all 6 texts) and all 4 target texts, averaged over units, sites."""
     s = make("lineas", steps=1, lr=1e-3, minibatch=6).fit(model, source=SRC, target=TGT[:4])
-    assert s.provenance["n_target"] == 4  # a target smaller than the batch is fine
+    assert s.provenance.n_target == 4  # a target smaller than the batch is fine
     src = collect(model, SRC, s.sites, progress=False)
     tgt = collect(model, TGT[:4], s.sites, progress=False)
     hand = np.mean([((_hazen(src[x].numpy(), 6) - _hazen(tgt[x].numpy(), 6)) ** 2).mean()
@@ -256,9 +256,9 @@ def test_save_load_keeps_curve(model, fitted, tmp_path):
 
 def test_unequal_sizes(model):
     s = make("lineas", steps=3, lr=0.1, minibatch=5).fit(model, source=SRC, target=TGT[:4])
-    assert s.provenance["n_source"] == 6 and s.provenance["n_target"] == 4
+    assert s.provenance.n_source == 6 and s.provenance.n_target == 4
     legacy = make("lineas", steps=3, **LEGACY).fit(model, source=SRC, target=TGT[:4])
-    assert legacy.provenance["train"]["batch_size"] == 4  # equal minibatches: clipped
+    assert legacy.provenance.extra["train"]["batch_size"] == 4  # equal minibatches: clipped
 
 
 def test_old_configs_load_with_their_recipe():

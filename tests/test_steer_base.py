@@ -1,5 +1,7 @@
 """Bad input to the steering core: every path gives an error that names the problem."""
 
+import json
+
 import pytest
 import torch
 
@@ -109,7 +111,7 @@ def test_load_checks_model(model, fitted, tmp_path):
     fitted.save(tmp_path / "s")
     with pytest.raises(SteerError, match="cannot be used with 'tiny-gemma'"):
         load_steerer(tmp_path / "s", tiny_model("gemma"))
-    assert load_steerer(tmp_path / "s", model).provenance["n_source"] == 3
+    assert load_steerer(tmp_path / "s", model).provenance.n_source == 3
 
 
 def test_mean_shift_is_the_mean_difference(model):
@@ -214,3 +216,18 @@ def test_older_file_without_a_tensor_list_still_needs_every_site(model, fitted, 
     (path / "config.json").write_text(json.dumps(meta))
     with pytest.raises(SteerError, match="has no tensor for site"):
         load_steerer(path, model)
+
+
+def test_fit_record_is_typed_and_round_trips(model, tmp_path):
+    from steerinterp.sites import Site
+    from steerinterp.steer.record import FitRecord
+
+    s = make("mean_shift", sites="all.mlp_out").fit(model, source=SRC, target=TGT)
+    rec = s.provenance
+    assert isinstance(rec, FitRecord) and all(isinstance(x, Site) for x in rec.sites)
+    assert rec.widths == {x: x.width(model) for x in rec.sites} and rec.n_source == len(SRC)
+    assert FitRecord.from_dict(rec.to_dict()) == rec
+    assert rec.replace(n_control=3).extra == {"n_control": 3}  # a method's own field
+    saved = json.loads((s.save(tmp_path / "s") / "config.json").read_text())["provenance"]
+    assert saved["sites"] == [str(x) for x in rec.sites]  # the file format is unchanged
+    assert load_steerer(tmp_path / "s", model).provenance == rec

@@ -42,7 +42,7 @@ from transformer_lens import HookedTransformer
 from ..evaluate.logits import batch_nll, scored_logp
 from ..sites import Site
 from ..steer.apply import steered
-from ..steer.base import Steerer
+from ..steer.base import Steerer, check_sites
 from ..steer.restricted import Restricted
 from ..tokens import ids_with_next_token
 
@@ -175,7 +175,7 @@ def _grad_x_delta(model, steerer: Steerer, ids: list[list[int]], lams: list[floa
 
 
 def _width(steerer: Steerer):
-    return lambda s: int(steerer.provenance["widths"][str(s)])
+    return lambda s: int(steerer.provenance.widths[s])
 
 
 def _unit_frame(model, steerer: Steerer, ids, neutral_ids, strength, steps: int,

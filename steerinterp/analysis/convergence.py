@@ -16,7 +16,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 from transformer_lens import HookedTransformer
 
@@ -91,7 +90,7 @@ def _one_schedule(model, steps, source, target, held_source, held_target, config
                "train_loss": float(curve["loss"].iloc[max(0, step - 10):step].mean()),
                "heldout_w2": float(w2["w2_steered"].mean()),
                "heldout_w2_unsteered": float(w2["w2_unsteered"].mean()),
-               "fit_seconds": float(lin.provenance.get("fit_seconds", np.nan))}
+               "fit_seconds": float(lin.provenance.fit_seconds)}
         row["heldout_ratio"] = row["heldout_w2"] / row["heldout_w2_unsteered"]
         if step == int(steps) and evaluate_at_end is not None:
             row.update(evaluate_at_end(snap))

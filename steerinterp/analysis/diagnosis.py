@@ -2,7 +2,7 @@
 
 **PPL.** :func:`~steerinterp.evaluate.perplexity.perplexity` on ``ppl_texts`` summarised as
 the mean of per-text PPL (the AcT number, :func:`summarize_perplexity`), with the steerer
-restricted (:class:`~steerinterp.analysis.attribution.Restricted`) to one site (``only``), to
+restricted (:class:`~steerinterp.steer.restricted.Restricted`) to one site (``only``), to
 every site but one (``without``), to all sites, and unsteered (computed once). Exact: no
 linearisation; ``only`` and ``without`` disagree when sites interact.
 

@@ -191,10 +191,10 @@ def _shared_sites(aura, lineas) -> list:
             raise AnalysisError(f"{role} must be a fitted {'/'.join(want)} steerer, got {got}")
         if not s.fitted:
             raise AnalysisError(f"{role} is not fitted; call .fit() first")
-    if not same_model(aura.provenance["model"], lineas.provenance["model"]):
+    if not same_model(aura.provenance.model, lineas.provenance.model):
         raise AnalysisError("the two steerers were fitted on different models "
-                            f"({aura.provenance['model'].get('name')} vs "
-                            f"{lineas.provenance['model'].get('name')})")
+                            f"({aura.provenance.model.get('name')} vs "
+                            f"{lineas.provenance.model.get('name')})")
     shared = sorted(set(aura.sites) & set(lineas.sites))
     if not shared:
         raise AnalysisError(f"the steerers share no site (aura: {[str(s) for s in aura.sites]}, "

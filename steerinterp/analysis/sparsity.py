@@ -127,7 +127,7 @@ def layer_sparsity(steerers: Sequence[Lineas], gammas: Sequence[float] | None = 
         df = s.support()
         df = df[df["site"].isin(keep)]
         df = df.assign(gamma=g, lambda1=s.config.lambda1, lambda_group=s.config.lambda_group,
-                       n_units=df["site"].map(s.provenance["widths"]))
+                       n_units=df["site"].map({str(k): w for k, w in s.provenance.widths.items()}))
         frames.append(df.assign(active=df["group_norm"] > 0))
     out = pd.concat(frames, ignore_index=True)
     order = {str(x): i for i, x in enumerate(sorted({Site.parse(v) for v in out["site"]}))}

@@ -49,7 +49,7 @@ def bench_lineas(model: HookedTransformer, n: int = 32, repeats: int = 5,
     stop = max(s.layer for s in sites) + 1
     params = [p.requires_grad_(True) for p in lineas.tensors.values()]
     settings = dataclasses.replace(lineas.config.train_settings(), steps=1,
-                                   batch_size=lineas.provenance["train"]["batch_size"])
+                                   batch_size=lineas.provenance.extra["train"]["batch_size"])
     times: dict[str, list[float]] = {"lineas_step": [], "forward_backward": []}
     for _ in range(repeats):
         sync(str(model.cfg.device))

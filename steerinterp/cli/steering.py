@@ -74,8 +74,8 @@ def _print_fit(steerer, method: str, model_name: str, out: Path) -> None:
     from ..train import plateau
 
     prov = steerer.provenance
-    info = {"method": method, "sites": len(steerer.sites), "n_source": prov["n_source"],
-            "n_target": prov["n_target"], "fit_seconds": prov["fit_seconds"]}
+    info = {"method": method, "sites": len(steerer.sites), "n_source": prov.n_source,
+            "n_target": prov.n_target, "fit_seconds": prov.fit_seconds}
     curve = getattr(steerer, "loss_curve", None)
     flat = plateau(curve) if curve else None
     if flat:

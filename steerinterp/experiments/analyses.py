@@ -115,7 +115,7 @@ def _aura_lineas(ctx: Context) -> dict[str, pd.DataFrame]:
 
     gamma, lineas = _sparsest_active(list(ctx.z.gammas), _lineas_path(ctx))
     aura = ctx.steerer("aura_lineas_sites", "aura", sites=[str(s) for s in lineas.sites])
-    k = max(1, min(lineas.provenance["widths"].values()) // 10)  # the sites share a width
+    k = max(1, min(lineas.provenance.widths.values()) // 10)  # the sites share a width
     df = aura_lineas_overlap(aura, lineas, k=k)
     return {"aura_lineas_overlap": df.assign(gamma=gamma, k=k)}
 

@@ -221,7 +221,7 @@ def run_job(model: HookedTransformer, spec: JobSpec, out: str | Path, fresh: boo
                                       folder=out / "conditions" / cond, **kw))
             rows.append({"condition": cond, "method": name, "rule": rule,
                          "sites": site_spec(steerer.sites, model.cfg.n_layers),
-                         "fit_seconds": steerer.provenance.get("fit_seconds", float("nan"))})
+                         "fit_seconds": steerer.provenance.fit_seconds})
     frame = pd.DataFrame(rows).merge(compare(evals), on="condition")
     write_outputs(frame, spec, out, seconds=time.perf_counter() - t0, model=model)
     return frame

@@ -25,6 +25,7 @@ from transformer_lens import HookedTransformer
 
 from ..io import CorruptFileError, load_tensors, read_json, save_tensors, versions, write_json
 from ..provenance import check_provenance, model_info
+from .record import FitRecord
 from ..sites import Site, default_sites, from_units, parse_sites, to_units
 from ..store import ActivationStore
 
@@ -94,7 +95,7 @@ class Steerer(nn.Module):
         if check:
             self.check_strength(self.config.strength)
         self.tensors = nn.ParameterDict()
-        self.provenance: dict | None = None
+        self.provenance: FitRecord | None = None
 
     # -- per-site tensors ------------------------------------------------------------------
     def set_tensor(self, site: Site, name: str, value: torch.Tensor,
@@ -108,7 +109,7 @@ class Steerer(nn.Module):
 
     @property
     def sites(self) -> list[Site]:
-        return [Site.parse(s) for s in (self.provenance or {}).get("sites", [])]
+        return list(self.provenance.sites) if self.provenance is not None else []
 
     @property
     def fitted(self) -> bool:
@@ -142,11 +143,10 @@ class Steerer(nn.Module):
     def record_provenance(self, model: HookedTransformer, sites: list[Site], n_source: int,
                           n_target: int, t0: float) -> None:
         """What this steerer was fitted on: checked on load and on attach."""
-        self.provenance = {
-            "model": model_info(model).to_dict(), "sites": [str(s) for s in sites],
-            "widths": {str(s): s.width(model) for s in sites}, "pool": self.pool,
-            "n_source": n_source, "n_target": n_target,
-            "fit_seconds": time.perf_counter() - t0, "versions": versions()}
+        self.provenance = FitRecord(
+            model=model_info(model).to_dict(), sites=tuple(sites),
+            widths={s: s.width(model) for s in sites}, pool=self.pool, n_source=n_source,
+            n_target=n_target, fit_seconds=time.perf_counter() - t0, versions=versions())
 
     def as_store(self, model: HookedTransformer, data, sites: list[Site],
                  role: str) -> ActivationStore:
@@ -212,8 +212,9 @@ class Steerer(nn.Module):
         """Refuse a model other than the one this steerer was fitted on."""
         if not self.fitted:
             raise SteerError(f"this {self.method} steerer is not fitted; call .fit() first")
-        check_provenance(self.provenance["model"], self.provenance["widths"], model,
-                         f"{self.method} steerer", "fitted", SteerError)
+        widths = {str(s): w for s, w in self.provenance.widths.items()}
+        check_provenance(self.provenance.model, widths, model, f"{self.method} steerer",
+                         "fitted", SteerError)
 
     # -- disk ------------------------------------------------------------------------------
     def extra_state(self) -> dict:
@@ -232,7 +233,8 @@ class Steerer(nn.Module):
         sha = save_tensors(path / "state.safetensors", tensors, {"format": FORMAT})
         write_json(path / "config.json", {
             "format": FORMAT, "method": self.method, "config": asdict(self.config),
-            "provenance": self.provenance, "extra": self.extra_state(), "state_sha256": sha,
+            "provenance": self.provenance.to_dict(), "extra": self.extra_state(),
+            "state_sha256": sha,
             "tensors": sorted(tensors)})
         return path
 
@@ -283,7 +285,7 @@ def load_steerer(path: str | Path, model: HookedTransformer | None = None) -> St
     tensors = load_tensors(path / "state.safetensors", meta.get("state_sha256"), "steerer state")
     for key, value in tensors.items():
         steerer.tensors[key] = nn.Parameter(value, requires_grad=False)
-    steerer.provenance = meta["provenance"]
+    steerer.provenance = FitRecord.from_dict(meta["provenance"])
     steerer.load_extra_state(meta.get("extra", {}))
     _check_state(steerer, meta, path)
     if model is not None:
@@ -330,16 +332,16 @@ def _check_state(steerer: Steerer, meta: dict, path: Path) -> None:
                          f"(missing {missing}, unexpected {extra})")
     if listed is None:  # older files list no tensors: each site needs at least one
         keyed = {Site.from_key(k)[0] for k in have}
-        bare = [s for s in steerer.provenance["sites"] if Site.parse(s) not in keyed]
+        bare = [str(s) for s in steerer.provenance.sites if s not in keyed]
         if bare:
             raise SteerError(f"{path}: state.safetensors has no tensor for site(s) {bare}")
     _check_widths(steerer, path)
 
 
 def _check_widths(steerer: Steerer, path: Path) -> None:
-    widths = steerer.provenance["widths"]
+    widths = steerer.provenance.widths
     for key, value in steerer.tensors.items():
-        site = str(Site.from_key(key)[0])
+        site = Site.from_key(key)[0]
         if site not in widths:
             raise SteerError(f"{path}: tensor {key} belongs to no site this steerer steers")
         if value.dim() >= 1 and value.shape[-1] != widths[site]:

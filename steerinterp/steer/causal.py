@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
 from ..provenance import model_info
+from .record import FitRecord
 from ..sites import Site
 from ..store import ActivationStore
 from .apply import steered
@@ -106,7 +107,6 @@ class CausalFit(Steerer):
         part.tensors = nn.ParameterDict({
             key: nn.Parameter(value.detach().clone(), requires_grad=False)
             for key, value in self.tensors.items() if Site.from_key(key)[0] in keep})
-        part.provenance = {"model": model_info(model).to_dict(),
-                           "sites": [str(s) for s in done],
-                           "widths": {str(s): s.width(model) for s in done}}
+        part.provenance = FitRecord(model=model_info(model).to_dict(), sites=tuple(done),
+                                    widths={s: s.width(model) for s in done})
         return part

@@ -175,7 +175,7 @@ class Dsas(Steerer):
         if self.config.e2e:
             self.loss_curve = train_e2e(self, model, source, target, control, sites)
             self.record_provenance(model, sites, src.n, n_target, t0)
-        self.provenance["n_control"] = ctl.n
+        self.provenance = self.provenance.replace(n_control=ctl.n)
         return self
 
     def _control(self, source, target, control):

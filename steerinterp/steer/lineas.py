@@ -129,7 +129,7 @@ class Lineas(AffineSteerer):
         for p in self.tensors.values():
             p.requires_grad_(False)
         self.record_provenance(model, sites, len(texts), tgt.n, t0)
-        self.provenance["train"] = dataclasses.asdict(settings)  # resolved lr and batch
+        self.provenance = self.provenance.replace(train=dataclasses.asdict(settings))  # lr, batch
         return self
 
     # Steps after which fit() keeps a copy of the maps (``snapshots``, in memory only): the
@@ -161,7 +161,7 @@ class Lineas(AffineSteerer):
         if g == 0:
             return
         for site in self.sites:
-            width = self.provenance["widths"][str(site)]
+            width = self.provenance.widths[site]
             t_group = lr * g * self.config.lambda_group * math.sqrt(width)
             for name, centre in (("omega", 1.0), ("bias", 0.0)):
                 p = self.tensor(site, name)
@@ -235,17 +235,17 @@ class Lineas(AffineSteerer):
 
     def compose(self, other: Lineas) -> Lineas:
         """``T_other ∘ T_self`` per site (LinEAS App. J); sites of either, identity elsewhere."""
-        if not isinstance(other, Lineas) or not same_model(other.provenance["model"],
-                                                            self.provenance["model"]):
+        if not isinstance(other, Lineas) or not same_model(other.provenance.model,
+                                                            self.provenance.model):
             raise SteerError("compose() needs another lineas steerer fitted on the same model")
         out = self._like(self)
         sites = sorted(set(self.sites) | set(other.sites))
-        out.provenance = dict(self.provenance, sites=[str(s) for s in sites],
-                              widths={**self.provenance["widths"], **other.provenance["widths"]})
+        out.provenance = self.provenance.replace(
+            sites=tuple(sites), widths={**self.provenance.widths, **other.provenance.widths})
         for site in sites:
             w1, b1 = self.affine(site)
             w2, b2 = other.affine(site)
-            width = out.provenance["widths"][str(site)]
+            width = out.provenance.widths[site]
             w1 = torch.ones(width) if w1 is None else w1.detach().cpu()
             b1 = torch.zeros(width) if b1 is None else b1.detach().cpu()
             w2 = torch.ones(width) if w2 is None else w2.detach().cpu()
@@ -257,5 +257,5 @@ class Lineas(AffineSteerer):
     @staticmethod
     def _like(src: Lineas) -> Lineas:
         out = Lineas(src.config)
-        out.provenance = dict(src.provenance)
+        out.provenance = src.provenance
         return out

@@ -10,6 +10,7 @@ from torch import nn
 
 from ..sites import Site
 from .base import REGISTRY, Steerer
+from .record import FitRecord
 
 BASE = "base_"  # prefix of the base's tensors inside the wrapper's state
 
@@ -26,7 +27,7 @@ def link_base(tensors: nn.ParameterDict, base: Steerer) -> None:
 def base_record(base: Steerer) -> dict:
     """What ``config.json`` keeps of the base: method, config, provenance, extra state."""
     return {"method": base.method, "config": dataclasses.asdict(base.config),
-            "provenance": base.provenance, "extra": base.extra_state()}
+            "provenance": base.provenance.to_dict(), "extra": base.extra_state()}
 
 
 def rebuild_base(record: dict, tensors: nn.ParameterDict) -> Steerer:
@@ -40,6 +41,6 @@ def rebuild_base(record: dict, tensors: nn.ParameterDict) -> Steerer:
         site, name = Site.from_key(key)
         if name.startswith(BASE):
             base.tensors[site.key(name.removeprefix(BASE))] = p
-    base.provenance = record["provenance"]
+    base.provenance = FitRecord.from_dict(record["provenance"])
     base.load_extra_state(record.get("extra", {}))
     return base

@@ -32,13 +32,12 @@ class Restricted(Steerer):
         self.method = f"restricted {base.method}"
         wanted = set(check_sites(sites, base.sites, f"the {base.method} steerer"))
         kept = [s for s in base.sites if s in wanted]  # the base's (forward) order
-        widths = base.provenance["widths"]
-        self.provenance = dict(base.provenance, sites=[str(s) for s in kept],
-                               widths={str(s): widths[str(s)] for s in kept})
+        widths = base.provenance.widths
+        self.provenance = base.provenance.restricted(kept)
         self._mask_names: dict[Site, str] = {}
         for key, mask in (unit_masks or {}).items():
             site = self._mask_site(key, kept)
-            self._check_mask(site, mask, widths[str(site)])
+            self._check_mask(site, mask, widths[site])
             name = f"mask_{site.layer}_{site.point}"
             self.register_buffer(name, mask.detach().clone(), persistent=False)
             self._mask_names[site] = name
