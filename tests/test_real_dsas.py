@@ -3,6 +3,7 @@
 import pytest
 
 from steerinterp import length_match, load_model, load_texts
+from steerinterp.analysis.token_scales import TOKEN_COLUMNS, token_scales
 from steerinterp.steer import make
 
 pytestmark = pytest.mark.slow
@@ -23,9 +24,9 @@ def test_dsas_scales_higher_on_toxic_than_on_wikipedia(model):
     # Held out: toxic texts the probes never saw vs perplexity-set Wikipedia text.
     held_toxic, held_wiki = length_match(model, load_texts("toxic", n=48)[32:],
                                          load_texts("wiki_ppl", n=16))
-    tox = dsas.scales(model, held_toxic)
-    wik = dsas.scales(model, held_wiki)
-    assert set(tox.columns) == {"example", "position", "token", "site", "scale"}
+    tox = token_scales(model, dsas, held_toxic)
+    wik = token_scales(model, dsas, held_wiki)
+    assert list(tox.columns) == TOKEN_COLUMNS
     assert tox["scale"].between(0, 1).all()
     active = set(report.loc[report["active"], "site"])
     tox_mean = tox[tox["site"].isin(active)]["scale"].mean()

@@ -79,7 +79,8 @@ def _unique_names(names: list[str]) -> list[str]:
 def run(
     model: str = MODEL,
     size: str = typer.Option("default", help="smoke (seconds, tests) | demo (what `steerinterp "
-                                             "demo` runs) | default (measured on a 2-core CPU: "
+                                             "demo` runs; measured: 20 min on a 2-core CPU) | "
+                                             "default (measured on a 2-core CPU: "
                                              "28 min for aura, mean_shift, linear_act, "
                                              "dsas+linear_act; LinEAS adds ~12 min of "
                                              "training) | paper (the papers' sizes)."),
@@ -134,7 +135,8 @@ def demo(
     """The main job at watching size (what `make demo` runs): AurA, Linear-AcT, LinEAS (250
     steps, converged) and DSAS over Linear-AcT, fitted on 32 + 32 texts, each evaluated on 40
     held-out prompts at λ = 1 and at the λ calibrated to +5% PPL; prints the results table.
-    Resumes like `run`."""
+    Measured: 20 min on gemma-3-270m on a 2-core CPU (half of it LinEAS). Resumes like
+    `run`."""
     from ..experiments.job import DEMO_METHODS, JobSpec, run_job
     from ..io import ensure_writable_dir
 
