@@ -33,3 +33,8 @@ def test_the_check_measures_everything_on_the_given_device(monkeypatch, tmp_path
     assert out["lineas_2_steps_s"] > 0 and out["lineas_3_step_s"] > 0
     assert any(k.startswith("generate_") for k in out)
     json.dumps(out)  # one flat, JSON-ready record
+
+
+def test_without_the_test_suite_the_contract_is_reported_missing(tmp_path):
+    got = gpu_check.contract_on("cpu", tmp_path)
+    assert not got["contract_passed"] and "test_contract.py not found" in got["contract_summary"]
