@@ -4,3 +4,8 @@ torch, so the CLI can catch them without slowing ``--help``."""
 
 class ModelUnavailable(RuntimeError):
     """A model that cannot be loaded on this machine (Hub unreachable and not cached)."""
+
+
+class ExecutorError(RuntimeError):
+    """An executor that cannot run here (Ray missing, cluster unreachable) or a condition its
+    workers could not finish."""

@@ -116,24 +116,44 @@ def _default_device() -> str:
 
 
 def load_model(name: str = DEFAULT_MODEL, device: str | torch.device | None = None,
-               dtype: torch.dtype | str | None = None) -> HookedTransformer:
+               dtype: torch.dtype | str | None = None, n_devices: int = 1) -> HookedTransformer:
     """A ``HookedTransformer`` loaded without weight processing, in eval mode, left-padding.
 
     Offline names (``OFFLINE_MODELS``): the embedded "gemma-3-270m" (default) and
     "smollm2-135m", read from an fp32 cache built on first use, and the random "tiny-*" models.
     Any other TransformerLens model name is fetched from the Hugging Face Hub.
+    ``n_devices > 1`` splits the blocks evenly over that many CUDA GPUs (TransformerLens's
+    placement, from ``device``); steerers then keep each site's tensors on its block's GPU.
     """
     dtype = resolve_dtype(dtype)
     device = str(device) if device is not None else _default_device()
+    check_devices(n_devices, device)
     if name in TINY_MODELS:
         model = tiny_model(TINY_MODELS[name], dtype=dtype).to(device, print_details=False)
+        if n_devices > 1:
+            model.cfg.n_devices = n_devices
+            model.move_model_modules_to_device()
     elif name in ASSETS:
-        model = _EMBEDDED_BUILDERS[name](prepare_model_cache(name), device, dtype)
+        model = _EMBEDDED_BUILDERS[name](prepare_model_cache(name), device, dtype, n_devices)
     else:
-        model = _load_from_hub(name, device, dtype)
+        model = _load_from_hub(name, device, dtype, n_devices)
     model.tokenizer.padding_side = "left"
     fast_layout(model)
     return _attach_info(model, name)
+
+
+def check_devices(n_devices: int, device: str) -> None:
+    """Refuse a split the machine cannot hold: more GPUs than are visible, or a CPU split."""
+    if not isinstance(n_devices, int) or n_devices < 1:
+        raise ValueError(f"n_devices must be a whole number ≥ 1, got {n_devices!r}")
+    if n_devices == 1:
+        return
+    if not device.startswith("cuda"):
+        raise ValueError(f"n_devices={n_devices} splits the blocks over CUDA GPUs; device is "
+                         f"{device!r}")
+    visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if n_devices > visible:
+        raise ValueError(f"n_devices={n_devices} but {visible} CUDA GPU(s) are visible")
 
 
 def fast_layout(model: HookedTransformer) -> HookedTransformer:
@@ -209,17 +229,19 @@ def _load_cached_hf(path: Path):
     return tok, hf
 
 
-def _build_gemma(path: Path, device: str, dtype: torch.dtype) -> HookedTransformer:
+def _build_gemma(path: Path, device: str, dtype: torch.dtype,
+                 n_devices: int = 1) -> HookedTransformer:
     """gemma-3-270m: on TL's official list, so TL knows its config without the hub."""
     with _hub_offline(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*HookedTransformer.*")
         tok, hf = _load_cached_hf(path)
         return HookedTransformer.from_pretrained_no_processing(
             "google/gemma-3-270m", hf_model=hf, tokenizer=tok, device=device, dtype=dtype,
-            default_prepend_bos=True, default_padding_side="left")  # HF Gemma prepends BOS
+            n_devices=n_devices, default_prepend_bos=True, default_padding_side="left")  # HF Gemma prepends BOS
 
 
-def _build_smollm2(path: Path, device: str, dtype: torch.dtype) -> HookedTransformer:
+def _build_smollm2(path: Path, device: str, dtype: torch.dtype,
+                   n_devices: int = 1) -> HookedTransformer:
     """smollm2-135m: not on TL's list; config from the local HF config, Llama converter."""
     with _hub_offline(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*HookedTransformer.*")
@@ -231,7 +253,7 @@ def _build_smollm2(path: Path, device: str, dtype: torch.dtype) -> HookedTransfo
             cfg_dict = tl_loading.convert_hf_model_config(path.name)
         cfg_dict.update(n_ctx=2048, default_prepend_bos=False,  # SmolLM2 has no BOS
                         model_name="smollm2-135m", tokenizer_name=str(path), device=device,
-                        dtype=dtype, init_weights=False)
+                        dtype=dtype, n_devices=n_devices, init_weights=False)
         cfg = HookedTransformerConfig.from_dict(cfg_dict)
         model = HookedTransformer(cfg, tokenizer=tok, move_to_device=False,
                                   default_padding_side="left")
@@ -279,7 +301,8 @@ def _hf_prepends_bos(tokenizer) -> bool:
     return tokenizer.bos_token_id is not None and bool(ids) and ids[0] == tokenizer.bos_token_id
 
 
-def _load_from_hub(name: str, device: str, dtype: torch.dtype) -> HookedTransformer:
+def _load_from_hub(name: str, device: str, dtype: torch.dtype,
+                   n_devices: int = 1) -> HookedTransformer:
     """A TransformerLens official model (or alias) from the Hub or the local HF cache."""
     try:
         official = tl_loading.get_official_model_name(name)
@@ -297,7 +320,8 @@ def _load_from_hub(name: str, device: str, dtype: torch.dtype) -> HookedTransfor
             warnings.filterwarnings("ignore", message=".*HookedTransformer.*")
             prepend = _hf_prepends_bos(AutoTokenizer.from_pretrained(official))
             return HookedTransformer.from_pretrained_no_processing(
-                name, device=device, dtype=dtype, default_prepend_bos=prepend,
+                name, device=device, dtype=dtype, n_devices=n_devices,
+                default_prepend_bos=prepend,
                 default_padding_side="left")
     except OSError as err:  # transformers reports hub and connection failures as OSError
         raise ModelUnavailable(f"cannot load {name!r} from the Hugging Face Hub ({err}). Models "

@@ -257,3 +257,11 @@ def site_spec(sites: list[Site], n_layers: int | None = None) -> str:
             if layer is not None:
                 start = prev = layer
     return ",".join(parts)
+
+
+def site_device(model: HookedTransformer, site: Site) -> torch.device:
+    """Where ``site``'s block lives: TransformerLens spreads the blocks over several GPUs when
+    the model is loaded with ``n_devices > 1``; otherwise the model's one device."""
+    for p in model.blocks[site.layer].parameters():
+        return p.device
+    return torch.device(model.cfg.device)

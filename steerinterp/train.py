@@ -36,7 +36,7 @@ from transformer_lens import HookedTransformer
 from .collection import pool_tokens
 from .hooks import last_layer, recording
 from .metrics import w2_sorted
-from .sites import Site
+from .sites import Site, site_device
 from .store import ActivationStore
 from .tokens import pad_left
 
@@ -175,7 +175,8 @@ def w2_matched(u: Float[torch.Tensor, "n d"], v: Float[torch.Tensor, "m d"]
     return w2_to_quantiles(u, matched_sorted(v, max(u.shape[0], v.shape[0])))
 
 
-def standardising_weights(target: ActivationStore, sites: list[Site], device
+def standardising_weights(target: ActivationStore, sites: list[Site],
+                          devices: dict[Site, torch.device] | torch.device | str
                           ) -> dict[Site, torch.Tensor]:
     """``1 / (d · max(E[η²], 1))`` per unit (η: pooled target activations, d: site width),
     for ``loss="normalize"``.
@@ -186,6 +187,7 @@ def standardising_weights(target: ActivationStore, sites: list[Site], device
     out = {}
     for site in sites:
         second_moment = target[site].double().pow(2).mean(0).clamp_min(1.0)
+        device = devices[site] if isinstance(devices, dict) else devices
         out[site] = (1.0 / (second_moment * second_moment.numel())).float().to(device)
     return out
 
@@ -203,7 +205,9 @@ def site_terms(per_unit: dict[Site, torch.Tensor], loss: str,
 
 def total(terms: dict, loss: str) -> torch.Tensor:
     """Sites averaged (``mean``, as the reference's ``module_loss / n_modules``) or summed."""
-    out = sum(terms.values())
+    # One device for the sum: a model split over GPUs gives each site's term on its block's.
+    first = next(iter(terms.values()))
+    out = sum(t.to(first.device) for t in terms.values())
     return out / len(terms) if loss == "mean" else out
 
 
@@ -211,13 +215,13 @@ class _Objective:
     """The fixed half of the loss: target samples (or their quantiles) per site, on device."""
 
     def __init__(self, target: ActivationStore, sites: list[Site], settings: TrainSettings,
-                 batch: int, device, gen: torch.Generator) -> None:
+                 batch: int, devices: dict[Site, torch.device], gen: torch.Generator) -> None:
         self.settings, self.batch, self.gen, self.n_target = settings, batch, gen, target.n
-        self.eta = {s: target[s].to(device=device, dtype=torch.float32) for s in sites}
+        self.eta = {s: target[s].to(device=devices[s], dtype=torch.float32) for s in sites}
         if settings.target == "full":  # sorted once: the target never changes
             k = max(batch, target.n)
             self.eta = {s: matched_sorted(v, k) for s, v in self.eta.items()}
-        self.weight = (standardising_weights(target, sites, device)
+        self.weight = (standardising_weights(target, sites, devices)
                        if settings.loss == "normalize" else None)
 
     def terms(self, pooled: dict[Site, torch.Tensor]) -> dict[Site, torch.Tensor]:
@@ -266,7 +270,8 @@ def train(model: HookedTransformer, params: list[torch.Tensor], source_ids: list
     """
     gen = torch.Generator().manual_seed(settings.seed)
     batch = resolve_batch(settings.batch_size, len(source_ids), target.n, settings.target)
-    objective = _Objective(target, sites, settings, batch, model.cfg.device, gen)
+    objective = _Objective(target, sites, settings, batch,
+                           {s: site_device(model, s) for s in sites}, gen)
     optimizer, scheduler = make_optimizer(params, settings)
     batches = cycling_batches(len(source_ids), batch, gen)
     curve = []

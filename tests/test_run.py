@@ -65,28 +65,45 @@ def test_rerun_resumes_without_refitting_or_regenerating(model, full_run, monkey
 
 def test_interrupted_run_resumes_from_what_was_saved(model, tmp_path, monkeypatch):
     spec = JobSpec("tiny-gpt2", fit_set="wiki", size="smoke", methods=("mean_shift", "aura"), ppl_budget=None)
-    real_fit = job.fit_or_load
+    import steerinterp.evaluate.harness as harness
+    real_generate = harness.generate
 
-    def fit_then_crash(model, name, *args):
-        if name == "aura":
-            raise KeyboardInterrupt  # the user pressed Ctrl-C during the second method
-        return real_fit(model, name, *args)
+    def crash_on_aura(m, prompts, *steerers, **k):
+        if steerers and steerers[0].method == "aura":
+            raise KeyboardInterrupt  # the user pressed Ctrl-C during the last condition
+        return real_generate(m, prompts, *steerers, **k)
 
-    monkeypatch.setattr(job, "fit_or_load", fit_then_crash)
+    monkeypatch.setattr(harness, "generate", crash_on_aura)
     with pytest.raises(KeyboardInterrupt):
         run_job(model, spec, tmp_path, **QUIET)
     assert (tmp_path / "conditions" / "mean_shift@1" / "summary.json").exists()
+    assert not (tmp_path / "conditions" / "aura@1" / "summary.json").exists()
     assert not (tmp_path / "results.csv").exists()
-    monkeypatch.setattr(job, "fit_or_load", real_fit)
     calls = []
-    import steerinterp.evaluate.harness as harness
-    real_generate = harness.generate
     monkeypatch.setattr(harness, "generate",
                         lambda m, prompts, *s, **k: calls.append(s) or real_generate(
                             m, prompts, *s, **k))
     frame = run_job(model, spec, tmp_path, **QUIET)
     assert len(calls) == 1 and calls[0][0].method == "aura"  # only the missing condition
     assert list(frame["condition"]) == ["unsteered", "mean_shift@1", "aura@1"]
+
+
+def test_an_interrupted_fit_keeps_the_steerers_already_fitted(model, tmp_path, monkeypatch):
+    spec = JobSpec("tiny-gpt2", fit_set="wiki", size="smoke", methods=("mean_shift", "aura"),
+                   ppl_budget=None)
+    real_fit = job.fit_or_load
+
+    def fit_then_crash(model, name, *args):
+        if name == "aura":
+            raise KeyboardInterrupt  # Ctrl-C during the second fit
+        return real_fit(model, name, *args)
+
+    monkeypatch.setattr(job, "fit_or_load", fit_then_crash)
+    with pytest.raises(KeyboardInterrupt):
+        run_job(model, spec, tmp_path, **QUIET)
+    assert (tmp_path / "steerers" / "mean_shift" / "config.json").exists()
+    from steerinterp.steer import load_steerer
+    assert load_steerer(tmp_path / "steerers" / "mean_shift").fitted
 
 
 def test_a_damaged_saved_steerer_is_refitted(model, tmp_path, monkeypatch):

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import click
 
-from ..errors import ModelUnavailable
+from ..errors import ExecutorError, ModelUnavailable
 from . import data, steering, jobs, bench  # noqa: F401,I001  (register, in --help order)
 from .common import app, console
 
 __all__ = ["app", "main"]
 
 USER_ERRORS = (ValueError, TypeError, FileNotFoundError, PermissionError, KeyError,
-               ModelUnavailable)
+               ModelUnavailable, ExecutorError)
 
 
 def _click_errors(name: str) -> tuple[type, ...]:

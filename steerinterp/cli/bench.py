@@ -1,4 +1,4 @@
-"""``steerinterp bench collect | steer | auroc | lineas | generate``: benchmarks, each a ratio
+"""``steerinterp bench collect | steer | auroc | lineas | generate | sweep | gpu-check``: benchmarks, each a ratio
 against a baseline measured in the same run."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from .common import DEVICE, MODEL, _load, _print_dict, _print_frame, bench_app
+from .common import ADDRESS, DEVICE, MODEL, WORKERS, _load, _print_dict, _print_frame, bench_app
 
 @bench_app.command(name="collect")
 def bench_collect_cmd(
@@ -98,6 +98,23 @@ def bench_generate_cmd(
     result = bench_generate(_load(model, device), n_prompts=prompts, new_tokens=new_tokens,
                             repeats=repeats)
     _report(result, "bench generate", out)
+
+
+@bench_app.command(name="sweep")
+def bench_sweep_cmd(
+    model: str = typer.Option("tiny-gpt2", "--model", "-m", help="Model (default: the tiny "
+                              "one the executor tests use)."),
+    prompts: int = typer.Option(16, help="toxic_prompts per condition."),
+    new_tokens: int = typer.Option(16, help="New tokens per continuation (2 samples)."),
+    workers: int = WORKERS, address: str = ADDRESS, device: str = DEVICE,
+    out: Path = typer.Option(None, help="Also write the result as JSON here."),
+) -> None:
+    """The same 8-condition sweep locally and on Ray workers: wall times and the ratio."""
+    from ..bench.sweep import bench_sweep
+
+    result = bench_sweep(_load(model, device), n_prompts=prompts, new_tokens=new_tokens,
+                         workers=workers, address=address)
+    _report(result, "bench sweep", out)
 
 
 @bench_app.command(name="gpu-check")

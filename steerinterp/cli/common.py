@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import typer
@@ -28,8 +29,27 @@ MODEL = typer.Option("gemma-3-270m", "--model", "-m",
                      help="Model: 'gemma-3-270m' or 'smollm2-135m' offline, any TransformerLens "
                           "name with hub access, 'tiny-gpt2'/'tiny-gemma' for smoke tests.")
 DEVICE = typer.Option(None, help="torch device (default: cuda if available, else cpu).")
+EXECUTOR = typer.Option("local", help="Where the conditions run: local (this process) or ray "
+                        "(Ray workers that each load the model; pip install "
+                        "'steerinterp[distributed]').")
+ADDRESS = typer.Option(None, help="Ray cluster for --executor ray (host:port, ray://host:port "
+                       "or auto); default: a local Ray runtime on this machine.")
+WORKERS = typer.Option(2, help="Ray workers (--executor ray); each holds one copy of the model.")
 PROMPT_TOKENS = typer.Option(None, help="Longest prompt accepted, in tokens (default 64); a "
                              "longer one is an error, never silently cut.")
+
+
+@contextmanager
+def _executor(name: str, address: str | None, workers: int):
+    """The executor the options name, closed (Ray workers stopped) when the command ends;
+    made before the model loads, so a missing Ray is reported at once."""
+    from ..executors import get_executor
+
+    ex = get_executor(name, workers=workers, address=address)
+    try:
+        yield ex
+    finally:
+        ex.close()
 
 
 def _load(model: str, device: str | None):

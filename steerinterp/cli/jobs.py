@@ -7,7 +7,8 @@ from pathlib import Path
 
 import typer
 
-from .common import DEVICE, MODEL, PROMPT_TOKENS, _load, _log, _print_frame, app, console
+from .common import (ADDRESS, DEVICE, EXECUTOR, MODEL, PROMPT_TOKENS, WORKERS, _executor, _load,
+                     _log, _print_frame, app, console)
 
 @app.command()
 def sweep(
@@ -26,9 +27,11 @@ def sweep(
     out: Path = typer.Option(..., "--out", "-o", help="Folder: sweep.csv, pareto figure, "
                                                       "and each condition (resumable)."),
     seed: int = typer.Option(0), model: str = MODEL, device: str = DEVICE,
+    executor: str = EXECUTOR, address: str = ADDRESS, workers: int = WORKERS,
 ) -> None:
     """Evaluate each steerer at each strength (and the unsteered model): a tidy CSV and the
-    toxicity/perplexity Pareto front."""
+    toxicity/perplexity Pareto front. With --executor ray the conditions run on Ray workers
+    (same CSV)."""
     from .common import _generation_settings, _steerers, draw_n
     from ..data import load_prompts, load_texts
     from ..evaluate.harness import EvalSettings
@@ -40,15 +43,16 @@ def sweep(
 
     ensure_writable_dir(out)
     lams = _parse_strengths(strengths)
-    m = _load(model, device)
-    loaded = _steerers(m, steerer)
-    names = _unique_names([p.name for p in steerer])
-    settings = EvalSettings(generation=_generation_settings("default", samples, new_tokens,
-                                                            seed, None, max_prompt_tokens))
-    frame = run_sweep(m, dict(zip(names, loaded)), lams,
-                      load_prompts(prompts, draw_n(prompts, n_prompts), seed),
-                      load_texts(ppl_texts, n=draw_n(ppl_texts, n_ppl), seed=seed), settings,
-                      cache_dir=out / "conditions")
+    with _executor(executor, address, workers) as ex:
+        m = _load(model, device)
+        loaded = _steerers(m, steerer)
+        names = _unique_names([p.name for p in steerer])
+        settings = EvalSettings(generation=_generation_settings("default", samples, new_tokens,
+                                                                seed, None, max_prompt_tokens))
+        frame = run_sweep(m, dict(zip(names, loaded)), lams,
+                          load_prompts(prompts, draw_n(prompts, n_prompts), seed),
+                          load_texts(ppl_texts, n=draw_n(ppl_texts, n_ppl), seed=seed),
+                          settings, cache_dir=out / "conditions", executor=ex)
     write_csv(out / "sweep.csv", frame)
     save_figure(plot_pareto(frame), frame, "pareto", out)
     cols = ["condition", "strength", "toxic_share", "mean_score", "mean_score_se", "ppl"]
@@ -103,10 +107,12 @@ def run(
                                                  " or act (AcT's: 32 tokens, top-p 0.3, "
                                                  "repetition penalty 1.2, 1 sample)."),
     device: str = DEVICE,
+    executor: str = EXECUTOR, address: str = ADDRESS, workers: int = WORKERS,
 ) -> None:
     """The main job: fit every method on the built-in sets, evaluate each and the unsteered
     model on held-out prompts and Wikipedia text, and write results.csv, report.md and
-    figures. Re-running resumes from what was saved."""
+    figures. Re-running resumes from what was saved. With --executor ray the calibrations
+    and conditions run on Ray workers (fits stay here)."""
     from ..experiments.job import METHODS, JobSpec, run_job
     from ..io import ensure_writable_dir
 
@@ -115,8 +121,9 @@ def run(
                    ppl_budget=budget if budget and budget > 0 else None, sampling=sampling)
     out = out or Path("results/run") / f"{model.replace('/', '_')}-{size}"
     ensure_writable_dir(out)
-    m = _load(model, device)
-    frame = run_job(m, spec, out, fresh=fresh, log=_log)
+    with _executor(executor, address, workers) as ex:
+        m = _load(model, device)
+        frame = run_job(m, spec, out, fresh=fresh, log=_log, executor=ex)
     cols = ["condition", "toxic_pct", "mean_score", "mean_score_se", "ppl", "fit_seconds"]
     _print_frame(frame[cols], f"{model} ({size}) -> {out}/report.md")
 

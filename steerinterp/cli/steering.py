@@ -7,10 +7,10 @@ from pathlib import Path
 
 import typer
 
-from .common import (BATCH, DEVICE, MODEL, N_BUILTIN, NEW_TOKENS, PRESET, PROMPT_TOKENS,
+from .common import (ADDRESS, BATCH, DEVICE, EXECUTOR, MODEL, N_BUILTIN, NEW_TOKENS, PRESET, PROMPT_TOKENS,
                      SAMPLES, SEED, SRC, STEERER, STEERER_REQUIRED, STRENGTH, _check_strength,
                      _generation_settings, _load, _log_line, _options, _print_dict,
-                     _print_frame, _steerers, app, console, draw_n)
+                     _print_frame, _steerers, WORKERS, _executor, app, console, draw_n)
 
 @app.command()
 def fit(
@@ -180,17 +180,21 @@ def calibrate(
     max_strength: float = typer.Option(None, help="Upper end of the search for unbounded "
                                                   "methods (default: double from 1)."),
     seed: int = SEED, model: str = MODEL, device: str = DEVICE,
+    executor: str = EXECUTOR, address: str = ADDRESS, workers: int = WORKERS,
 ) -> None:
-    """The strongest λ whose perplexity increase stays within the budget."""
+    """The strongest λ whose perplexity increase stays within the budget (with --executor
+    ray, each round tries one λ per worker)."""
     from ..data import load_texts
     from ..evaluate.sweep import calibrate as cal
 
-    m = _load(model, device)
-    steerers = _steerers(m, steerer)
-    if not steerers:
-        raise typer.BadParameter("calibrate needs at least one --steerer")
-    texts = load_texts(ppl_texts, n=draw_n(ppl_texts, n, 64), seed=seed)
-    result = cal(m, steerers, texts, ppl_budget=budget, max_strength=max_strength)
+    with _executor(executor, address, workers) as ex:
+        m = _load(model, device)
+        steerers = _steerers(m, steerer)
+        if not steerers:
+            raise typer.BadParameter("calibrate needs at least one --steerer")
+        texts = load_texts(ppl_texts, n=draw_n(ppl_texts, n, 64), seed=seed)
+        result = cal(m, steerers, texts, ppl_budget=budget, max_strength=max_strength,
+                     executor=ex)
     _print_frame(result.path, repr(result))
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
+from filelock import FileLock
 from transformer_lens import HookedTransformer
 
 from ..io import CorruptFileError, fingerprint, read_csv, read_json, write_csv, write_json
@@ -133,9 +134,28 @@ def evaluate(model: HookedTransformer, *steerers: Steerer, prompts: list[str],
     """
     settings = settings or EvalSettings()
     condition = condition or ("+".join(s.method for s in steerers) or BASELINE)
+    measure = dict(prompts=prompts, ppl_texts=ppl_texts, strength=strength, settings=settings,
+                   scorer=scorer, condition=condition, progress=progress)
+    if folder is None:
+        return _measure(model, steerers, **measure)
     key = evaluation_key(model, steerers, strength, settings, prompts, ppl_texts)
-    if folder is not None and (done := Evaluation.load(folder, key)) is not None:
-        return done
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    # One writer per condition folder across processes (Ray workers, two runs on one folder):
+    # the lock holder computes and saves, a waiter then finds the finished condition and loads
+    # it. The OS drops the lock of a process that dies, and a half-written folder has no
+    # summary.json, so the next holder recomputes it.
+    with FileLock(str(folder.parent / f".{folder.name}.lock")):
+        if (done := Evaluation.load(folder, key)) is not None:
+            return done
+        result = _measure(model, steerers, **measure)
+        result.save(folder, key)
+    return result
+
+
+def _measure(model: HookedTransformer, steerers: tuple[Steerer, ...], *, prompts: list[str],
+             ppl_texts: list[str], strength: float | None, settings: EvalSettings, scorer,
+             condition: str, progress: bool) -> Evaluation:
     scorer = scorer if scorer is not None else load_scorer(settings.scorer)
     gens = generate(model, prompts, *steerers, strength=strength, settings=settings.generation,
                     scorer=scorer, progress=progress)
@@ -146,10 +166,7 @@ def evaluate(model: HookedTransformer, *steerers: Steerer, prompts: list[str],
     if settings.utility_n > 0:
         util = utility(model, *steerers, strength=strength, tasks=settings.utility_tasks,
                        n=settings.utility_n, progress=progress)
-    result = Evaluation(condition, gens, ppl, strength, settings.threshold, util)
-    if folder is not None:
-        result.save(folder, key)
-    return result
+    return Evaluation(condition, gens, ppl, strength, settings.threshold, util)
 
 
 def evaluation_key(model: HookedTransformer, steerers: tuple[Steerer, ...], strength,

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 from transformer_lens import HookedTransformer
 
+from ..executors import Executor, LocalExecutor
 from ..steer import Steerer, SteerError
 from .harness import BASELINE, EvalSettings, Evaluation, compare, evaluate
 from .perplexity import delta_perplexity, perplexity
@@ -29,36 +30,71 @@ def condition_name(name: str, strength: float) -> str:
 def sweep(model: HookedTransformer, steerers: Mapping[str, Steerer | Sequence[Steerer]],
           strengths: Sequence[float] | Mapping[str, Sequence[float]], prompts: list[str],
           ppl_texts: list[str], settings: EvalSettings | None = None, scorer=None,
-          cache_dir: str | Path | None = None, progress: bool = True) -> pd.DataFrame:
+          cache_dir: str | Path | None = None, progress: bool = True,
+          executor: Executor | None = None) -> pd.DataFrame:
     """Evaluate every steerer (or tuple of composed steerers) at every strength, and the
     unsteered model once, on the same prompts, seeds and texts.
 
     Returns a tidy frame, one row per condition: ``condition``, ``method`` (the key in
     ``steerers``; ``unsteered`` for the baseline), ``strength`` plus every column of
     :func:`~steerinterp.evaluate.harness.compare`. With ``cache_dir`` each condition is saved
-    as it finishes and reused on a re-run, so an interrupted sweep resumes.
+    as it finishes and reused on a re-run, so an interrupted sweep resumes. ``executor``
+    (:mod:`steerinterp.executors`, default local) runs the conditions, e.g. on Ray workers;
+    the frame is the same.
     """
     settings = settings or EvalSettings()
     if not steerers:
         raise ValueError("sweep needs at least one steerer")
+    if BASELINE in steerers:
+        raise ValueError(f"{BASELINE!r} names the unsteered baseline; call the steerer "
+                         "something else")
     grid = _grid(steerers, strengths)
     folder = (lambda name: Path(cache_dir) / name) if cache_dir is not None else (lambda _: None)
-    kw = dict(prompts=prompts, ppl_texts=ppl_texts, settings=settings, scorer=scorer,
-              progress=progress)
-    evals = [evaluate(model, condition=BASELINE, folder=folder(BASELINE), **kw)]
-    methods, lams = [BASELINE], [0.0]
-    for name, lam in grid:
-        group = steerers[name]
-        group = tuple(group) if isinstance(group, (list, tuple)) else (group,)
-        cond = condition_name(name, lam)
-        evals.append(evaluate(model, *group, strength=lam, condition=cond, folder=folder(cond),
-                              **kw))
-        methods.append(name)
-        lams.append(lam)
+    ex = executor if executor is not None else LocalExecutor()
+    groups = {name: tuple(g) if isinstance(g, (list, tuple)) else (g,)
+              for name, g in steerers.items()}
+    shared = SweepInputs(groups, prompts, ppl_texts, settings, scorer,
+                         progress and ex.name == "local")
+    calls = [(BASELINE, BASELINE, None, folder(BASELINE))]
+    calls += [(condition_name(name, lam), name, lam, folder(condition_name(name, lam)))
+              for name, lam in grid]
+    evals = ex.map(model, evaluate_condition, calls, shared, labels=[c[0] for c in calls],
+                   on_result=_reporter(calls, ex) if progress and ex.name != "local" else None)
     frame = compare(evals)
-    frame.insert(1, "method", methods)
-    frame["strength"] = lams
+    frame.insert(1, "method", [c[1] for c in calls])
+    frame["strength"] = [0.0] + [lam for _, lam in grid]
     return frame
+
+
+@dataclass(frozen=True)
+class SweepInputs:
+    """What every condition of a sweep shares (shipped once to each worker)."""
+
+    groups: dict[str, tuple[Steerer, ...]]
+    prompts: list[str]
+    ppl_texts: list[str]
+    settings: EvalSettings
+    scorer: object = None
+    progress: bool = False
+
+
+def evaluate_condition(model: HookedTransformer, inputs: SweepInputs, condition: str,
+                       name: str, strength: float | None, folder: Path | None) -> Evaluation:
+    """One condition of a sweep (an executor call): ``name`` is a key of ``inputs.groups`` or
+    the baseline."""
+    group = () if name == BASELINE else inputs.groups[name]
+    return evaluate(model, *group, strength=strength, condition=condition, folder=folder,
+                    prompts=inputs.prompts, ppl_texts=inputs.ppl_texts,
+                    settings=inputs.settings, scorer=inputs.scorer, progress=inputs.progress)
+
+
+def _reporter(calls: list[tuple], ex):
+    done = []
+
+    def report(i: int, _result) -> None:
+        done.append(i)
+        print(f"[sweep] {calls[i][0]} done ({len(done)}/{len(calls)}, {ex.name})", flush=True)
+    return report
 
 
 def _grid(steerers: Mapping, strengths) -> list[tuple[str, float]]:
@@ -116,7 +152,7 @@ def calibrate(model: HookedTransformer, steerer: Steerer | Sequence[Steerer],
               ppl_texts: list[str], ppl_budget: float = 0.05, max_strength: float | None = None,
               tol: float = 0.01, max_evals: int = 10, max_tokens: int = 64,
               batch_size: int = 16, base: pd.DataFrame | None = None,
-              progress: bool = False) -> Calibration:
+              progress: bool = False, executor: Executor | None = None) -> Calibration:
     """The largest λ whose perplexity on ``ppl_texts`` (mean of per-text PPL, paired with the
     unsteered model) rises by at most ``ppl_budget`` (0.05 = +5%).
 
@@ -127,6 +163,8 @@ def calibrate(model: HookedTransformer, steerer: Steerer | Sequence[Steerer],
     ``max_evals`` perplexity runs were spent. Keep ``ppl_texts`` disjoint from the texts the
     final evaluation uses. ``base``: the unsteered :func:`perplexity` frame of ``ppl_texts``
     when the caller already has it (calibrating several steerers on the same texts).
+    With an ``executor`` of k workers each round tries k strengths at once (the doubling
+    steps, or k points splitting the bracket into k + 1); one worker is the bisection above.
     """
     group = tuple(steerer) if isinstance(steerer, (list, tuple)) else (steerer,)
     if not 0 < ppl_budget < 10:
@@ -134,36 +172,63 @@ def calibrate(model: HookedTransformer, steerer: Steerer | Sequence[Steerer],
     if base is None:
         base = perplexity(model, ppl_texts, max_tokens=max_tokens, batch_size=batch_size,
                           progress=progress)
+    ex = executor if executor is not None else LocalExecutor()
+    k = max(1, ex.workers)  # λ values tried at once: one per worker
+    inputs = PerplexityInputs(group, ppl_texts, max_tokens, batch_size,
+                              progress and ex.name == "local")
     path: list[dict] = []
 
-    def cost(lam: float) -> float:
-        steered_ppl = perplexity(model, ppl_texts, *group, strength=lam, max_tokens=max_tokens,
-                                 batch_size=batch_size, progress=progress)
-        d = delta_perplexity(steered_ppl, base)
-        path.append({"strength": lam, "ppl": float(steered_ppl["ppl"].mean()),
-                     "delta_ppl_rel": d["delta_ppl_rel"], "delta_ppl": d["delta_ppl"],
-                     "within_budget": bool(d["delta_ppl_rel"] <= ppl_budget)})
-        return d["delta_ppl_rel"]
+    def costs(lams: list[float]) -> list[float]:
+        frames = ex.map(model, steered_perplexity, [(lam,) for lam in lams], inputs,
+                        labels=[f"calibration at λ = {lam:.4g}" for lam in lams])
+        for lam, frame in zip(lams, frames):
+            d = delta_perplexity(frame, base)
+            path.append({"strength": lam, "ppl": float(frame["ppl"].mean()),
+                         "delta_ppl_rel": d["delta_ppl_rel"], "delta_ppl": d["delta_ppl"],
+                         "within_budget": bool(d["delta_ppl_rel"] <= ppl_budget)})
+        return [row["delta_ppl_rel"] for row in path[-len(lams):]]
 
-    lo, hi = 0.0, _top(group, max_strength)
-    lo_cost = 0.0
-    top_cost = cost(hi)
+    hi = _top(group, max_strength)
+    (top_cost,) = costs([hi])
+    lo, lo_cost = 0.0, 0.0
     if top_cost <= ppl_budget and _bounded(group, max_strength):
         return Calibration(hi, top_cost, ppl_budget, True, _path(path))
     while top_cost <= ppl_budget and len(path) < max_evals:  # unbounded: look further out
-        lo, lo_cost, hi = hi, top_cost, 2 * hi
-        top_cost = cost(hi)
+        lams = [hi * 2 ** (j + 1) for j in range(min(k, max_evals - len(path)))]
+        tried = [(hi, top_cost), *zip(lams, costs(lams))]
+        over = next((j for j in range(1, len(tried)) if tried[j][1] > ppl_budget), None)
+        (lo, lo_cost), (hi, top_cost) = tried[-2:] if over is None else tried[over - 1:over + 1]
     top = hi
     while len(path) < max_evals and (hi - lo) > tol * top and top_cost > ppl_budget:
-        mid = (lo + hi) / 2
-        c = cost(mid)
-        if c <= ppl_budget:
-            lo, lo_cost = mid, c
-        else:
-            hi = mid
+        n = min(k, max_evals - len(path))  # k points splitting the bracket evenly
+        lams = [lo + (hi - lo) * (j + 1) / (n + 1) for j in range(n)]
+        for lam, c in zip(lams, costs(lams)):
+            if c > ppl_budget:
+                hi = lam
+                break
+            lo, lo_cost = lam, c
     saturated = top_cost <= ppl_budget
     return Calibration(hi if saturated else lo, top_cost if saturated else lo_cost, ppl_budget,
                        saturated, _path(path))
+
+
+@dataclass(frozen=True)
+class PerplexityInputs:
+    """What every λ of a calibration shares (shipped once to each worker)."""
+
+    group: tuple[Steerer, ...]
+    texts: list[str]
+    max_tokens: int
+    batch_size: int
+    progress: bool = False
+
+
+def steered_perplexity(model: HookedTransformer, inputs: PerplexityInputs,
+                       strength: float) -> pd.DataFrame:
+    """Per-text perplexity under ``inputs.group`` at ``strength`` (an executor call)."""
+    return perplexity(model, inputs.texts, *inputs.group, strength=strength,
+                      max_tokens=inputs.max_tokens, batch_size=inputs.batch_size,
+                      progress=inputs.progress)
 
 
 def _bounded(group: tuple[Steerer, ...], max_strength: float | None) -> bool:

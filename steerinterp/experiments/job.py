@@ -26,10 +26,11 @@ from ..sites import site_spec
 from ..steer import Steerer, load_or_fit, make
 from ..tokens import token_ids
 from ..evaluate.generation import PRESETS, GenerationSettings, settings_for
-from ..evaluate.harness import BASELINE, EvalSettings, Evaluation, compare, evaluate
+from ..evaluate.harness import BASELINE, EvalSettings, Evaluation, compare
 from ..evaluate.perplexity import perplexity
 from ..evaluate.progress import StageClock
-from ..evaluate.sweep import calibrate
+from ..evaluate.sweep import SweepInputs, calibrate, evaluate_condition
+from ..executors import Executor, LocalExecutor
 from .sizes import JOB_SIZES, JobSize
 
 
@@ -191,37 +192,43 @@ def default_strength(steerer: Steerer) -> float:
 
 
 def run_job(model: HookedTransformer, spec: JobSpec, out: str | Path, fresh: bool = False,
-            progress: bool = True, log=print) -> pd.DataFrame:
-    """Run (or resume) the main job; returns the results frame also saved as ``results.csv``."""
+            progress: bool = True, log=print, executor: Executor | None = None) -> pd.DataFrame:
+    """Run (or resume) the main job; returns the results frame also saved as ``results.csv``.
+
+    Fits run here, one after another; the calibrations and then the evaluated conditions run
+    on ``executor`` (default: this process; e.g. Ray workers, same frame)."""
     from .report import write_outputs  # the report imports plotting; keep it off import time
 
     out = open_folder(out, spec, fresh)
     data = job_data(model, spec)
+    ex = executor if executor is not None else LocalExecutor()
     settings = EvalSettings(generation=generation_settings(model, spec), scorer=spec.scorer,
                             utility_n=spec.sizes.utility_n)
-    kw = dict(prompts=data.prompts, ppl_texts=data.ppl_texts, settings=settings,
-              progress=progress)
     t0 = time.perf_counter()
     k = len(spec.methods)
-    clock = StageClock({"evaluate": 1 + k * (2 if spec.ppl_budget is not None else 1),
-                        "fit": k, "calibrate": k if spec.ppl_budget is not None else 0}, log)
-    with clock.stage("evaluate", f"{spec.model}, size {spec.size}: the unsteered model"):
-        evals = [evaluate(model, condition=BASELINE, folder=out / "conditions" / BASELINE, **kw)]
-    rows = [{"condition": BASELINE, "method": BASELINE, "sites": "", "rule": "",
-             "fit_seconds": 0.0}]
+    clock = StageClock({"fit": k, "calibrate": k if spec.ppl_budget is not None else 0,
+                        "evaluate": 1 + k * (2 if spec.ppl_budget is not None else 1)}, log,
+                       parallel={"calibrate": ex.workers, "evaluate": ex.workers})
     fitted: dict[str, Steerer] = {}
     for name in spec.methods:
         with clock.stage("fit", f"{name}: fitting"):
-            steerer = fitted[name] = fit_or_load(model, name, spec, data, fitted,
-                                                 out / "steerers")
-        for lam, rule in _strengths(model, name, steerer, spec, data, out, log, clock):
+            fitted[name] = fit_or_load(model, name, spec, data, fitted, out / "steerers")
+    chosen = _strengths(model, fitted, spec, data, out, log, clock, ex)
+    calls = [(BASELINE, BASELINE, None, out / "conditions" / BASELINE)]
+    labels = [f"{spec.model}, size {spec.size}: the unsteered model"]
+    rows = [{"condition": BASELINE, "method": BASELINE, "sites": "", "rule": "",
+             "fit_seconds": 0.0}]
+    for name, steerer in fitted.items():
+        for lam, rule in chosen[name]:
             cond = f"{name}@{lam:.3g}"
-            with clock.stage("evaluate", f"{name}: evaluating at λ = {lam:.3g} ({rule})"):
-                evals.append(evaluate(model, steerer, strength=lam, condition=cond,
-                                      folder=out / "conditions" / cond, **kw))
+            calls.append((cond, name, lam, out / "conditions" / cond))
+            labels.append(f"{name}: evaluating at λ = {lam:.3g} ({rule})")
             rows.append({"condition": cond, "method": name, "rule": rule,
                          "sites": site_spec(steerer.sites, model.cfg.n_layers),
                          "fit_seconds": steerer.provenance.fit_seconds})
+    inputs = SweepInputs({n: (s,) for n, s in fitted.items()}, data.prompts, data.ppl_texts,
+                         settings, None, progress and ex.name == "local")
+    evals = clock.map(ex, "evaluate", model, evaluate_condition, calls, inputs, labels)
     frame = pd.DataFrame(rows).merge(compare(evals), on="condition")
     write_outputs(frame, spec, out, seconds=time.perf_counter() - t0, model=model)
     return frame
@@ -236,22 +243,43 @@ def generation_settings(model: HookedTransformer, spec: JobSpec) -> GenerationSe
                         samples=spec.sizes.samples, **kw)
 
 
-def _strengths(model: HookedTransformer, name: str, steerer: Steerer, spec: JobSpec,
-               data: JobData, out: Path, log, clock: StageClock) -> list[tuple[float, str]]:
-    """The default λ, and the calibrated one when a budget is set and it differs."""
-    lam = default_strength(steerer)
-    chosen = [(lam, "default")]
+def _strengths(model: HookedTransformer, fitted: dict[str, Steerer], spec: JobSpec,
+               data: JobData, out: Path, log, clock: StageClock,
+               ex: Executor) -> dict[str, list[tuple[float, str]]]:
+    """Per method: the default λ, and the calibrated one when a budget is set and it differs
+    (the calibrations run on ``ex``)."""
+    chosen = {name: [(default_strength(s), "default")] for name, s in fitted.items()}
     if spec.ppl_budget is None:
         return chosen
-    with clock.stage("calibrate", f"{name}: calibrating λ to +{spec.ppl_budget:.0%} PPL"):
-        cal = _calibration(model, steerer, spec, data, out / "calibration" / name)
-    log(f"[run]   calibrated: λ = {cal['strength']:.3g} "
-        f"({cal['delta_ppl_rel']:+.1%} PPL on calibration text)")
-    if abs(cal["strength"] - lam) > 1e-3 * max(1.0, abs(lam)):
-        chosen.append((cal["strength"], f"PPL ≤ +{spec.ppl_budget:.0%}"))
-    else:
-        clock.skip("evaluate")
+    _calibration_base(model, data, out / "calibration")  # once, before the workers read it
+    names = list(fitted)
+    job = CalibrationJob(fitted, spec, data, out / "calibration")
+    cals = clock.map(ex, "calibrate", model, calibration_call, [(n,) for n in names], job,
+                     [f"{n}: calibrating λ to +{spec.ppl_budget:.0%} PPL" for n in names])
+    for name, cal in zip(names, cals):
+        lam = chosen[name][0][0]
+        log(f"[run]   {name} calibrated: λ = {cal['strength']:.3g} "
+            f"({cal['delta_ppl_rel']:+.1%} PPL on calibration text)")
+        if abs(cal["strength"] - lam) > 1e-3 * max(1.0, abs(lam)):
+            chosen[name].append((cal["strength"], f"PPL ≤ +{spec.ppl_budget:.0%}"))
+        else:
+            clock.skip("evaluate")
     return chosen
+
+
+@dataclass(frozen=True)
+class CalibrationJob:
+    """What every calibration of a run shares (shipped once to each worker)."""
+
+    fitted: dict[str, Steerer]
+    spec: JobSpec
+    data: JobData
+    folder: Path
+
+
+def calibration_call(model: HookedTransformer, job: CalibrationJob, name: str) -> dict:
+    """Calibrate one fitted method of the run (an executor call)."""
+    return _calibration(model, job.fitted[name], job.spec, job.data, job.folder / name)
 
 
 def _calibration_base(model: HookedTransformer, data: JobData, folder: Path) -> pd.DataFrame:

@@ -34,7 +34,7 @@ def steered(model: HookedTransformer, *steerers: Steerer, strength: float | None
                          "passed twice); it would be applied twice")
     hooks = []
     for s in steerers:
-        s.to(model.cfg.device)  # tensors follow the model, CPU or GPU
+        s.place(model)  # tensors follow the model: CPU, GPU, or each block's GPU when split
         hooks.extend(s.fwd_hooks(strength))
     active.update(ids)
     try:

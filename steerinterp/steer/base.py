@@ -26,7 +26,8 @@ from transformer_lens import HookedTransformer
 from ..io import CorruptFileError, load_tensors, read_json, save_tensors, versions, write_json
 from ..provenance import check_provenance, model_info
 from .record import FitRecord
-from ..sites import Site, default_sites, from_units, parse_sites, to_units
+from ..sites import (Site, SiteError, default_sites, from_units, parse_sites, site_device,
+                     to_units)
 from ..store import ActivationStore
 
 FORMAT = "steerinterp.steerer/1"
@@ -207,6 +208,23 @@ class Steerer(nn.Module):
             out = self.steer(to_units(site, acts).float(), site, lam)
             return from_units(site, out, acts).to(acts.dtype)
         return hook
+
+    def place(self, model: HookedTransformer) -> Steerer:
+        """Put each site's tensors on the device of that site's block (a model loaded with
+        ``n_devices > 1`` has its blocks on several GPUs), the rest on the model's device."""
+        if getattr(model.cfg, "n_devices", 1) <= 1:
+            return self.to(model.cfg.device)
+        for name, p in [*self.named_parameters(), *self.named_buffers()]:
+            try:
+                site, _ = Site.from_key(name.rpartition(".")[2])
+                device = site_device(model, site)
+            except SiteError:
+                device = torch.device(model.cfg.device)
+            if p.device != device:  # swapped in place: an optimiser holding p still sees it
+                moved = p.detach().to(device)
+                torch.utils.swap_tensors(p, nn.Parameter(moved, p.requires_grad)
+                                         if isinstance(p, nn.Parameter) else moved)
+        return self
 
     def check_model(self, model: HookedTransformer) -> None:
         """Refuse a model other than the one this steerer was fitted on."""

@@ -1,0 +1,154 @@
+"""Executors on a local Ray runtime (``num_cpus=2``; nothing leaves the machine): a sweep, a
+calibration and the main job give the local frame on Ray workers; a worker that dies
+mid-condition is replaced and its condition re-run, or reported. Slow: each worker imports
+torch and loads the model."""
+
+import os
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from steerinterp.errors import ExecutorError
+from steerinterp.evaluate.generation import GenerationSettings
+from steerinterp.evaluate.harness import EvalSettings
+from steerinterp.evaluate.sweep import calibrate, sweep
+from steerinterp.executors import get_executor
+from steerinterp.steer import make
+
+pytestmark = pytest.mark.slow
+
+PROMPTS = ["the weather today is", "my neighbour said that", "in the beginning", "so I told"]
+PPL = ["the cat sat on the mat and looked at the door",
+       "activation steering edits what a model computes on each token",
+       "a short sentence about nothing in particular",
+       "rivers run to the sea and the sea is never full"]
+SOURCE = ["you are a stupid idiot", "shut up you moron", "what a dumb thing to say",
+          "I hate you so much"]
+TARGET = ["have a nice day", "the museum opens at nine", "rain is expected tomorrow",
+          "the river flows to the sea"]
+SETTINGS = EvalSettings(generation=GenerationSettings(max_new_tokens=4, samples=2, batch_size=4))
+LAMS = [0.25, 0.5, 0.75, 1.0]
+
+
+def length_scorer(texts):
+    """A deterministic stand-in classifier: longer continuations look 'more toxic'."""
+    return np.array([min(len(t) / 40, 1.0) for t in texts])
+
+
+class DyingScorer:
+    """Kills the process that scores (a Ray worker: never call it in the test process) the
+    first time, or every time; the marker file remembers across worker processes."""
+
+    def __init__(self, marker, always: bool = False):
+        self.marker, self.always = str(marker), always
+
+    def __call__(self, texts):
+        if self.always or not os.path.exists(self.marker):
+            open(self.marker, "w").close()
+            os._exit(1)
+        return length_scorer(texts)
+
+
+def fails(model, shared, x):
+    raise ValueError(f"bad value {x}")
+
+
+@pytest.fixture(scope="module")
+def shift(tiny_gpt2):
+    return make("mean_shift", sites="all.mlp_out").fit(tiny_gpt2, SOURCE, TARGET)
+
+
+@pytest.fixture(scope="module")
+def ray_ex():
+    ray = pytest.importorskip("ray", reason="the [distributed] extra (make test installs it)")
+    from ray import cloudpickle
+
+    # Workers cannot import this test module: ship its functions and classes by value.
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    ex = get_executor("ray", workers=2)
+    yield ex
+    ex.close()
+    assert not ray.is_initialized()
+
+
+def test_ray_sweep_gives_the_local_frame_and_resumes(tiny_gpt2, shift, ray_ex, tmp_path):
+    local = sweep(tiny_gpt2, {"shift": shift}, LAMS, PROMPTS, PPL, SETTINGS,
+                  scorer=length_scorer, progress=False)
+    remote = sweep(tiny_gpt2, {"shift": shift}, LAMS, PROMPTS, PPL, SETTINGS,
+                   scorer=length_scorer, progress=False, cache_dir=tmp_path, executor=ray_ex)
+    pd.testing.assert_frame_equal(local, remote)
+    done = {p.parent.name: p.stat().st_mtime_ns for p in tmp_path.glob("*/summary.json")}
+    assert set(done) == set(local["condition"])  # one folder per condition
+    again = sweep(tiny_gpt2, {"shift": shift}, LAMS, PROMPTS, PPL, SETTINGS,
+                  scorer=length_scorer, progress=False, cache_dir=tmp_path, executor=ray_ex)
+    pd.testing.assert_frame_equal(local, again)
+    assert done == {p.parent.name: p.stat().st_mtime_ns for p in tmp_path.glob("*/summary.json")}
+
+
+def test_ray_calibration_lands_in_the_local_bracket(tiny_gpt2, ray_ex):
+    costly = make("mean_shift", sites="all.mlp_out").fit(tiny_gpt2, TARGET, SOURCE)
+    with torch.no_grad():  # a shift that costs the random model perplexity, steadily in λ
+        for p in costly.tensors.values():
+            p.mul_(5)
+    kw = dict(ppl_budget=0.1, max_evals=20, tol=0.01)
+    local = calibrate(tiny_gpt2, costly, PPL, **kw)
+    remote = calibrate(tiny_gpt2, costly, PPL, executor=ray_ex, **kw)
+    assert not local.saturated and not remote.saturated
+    assert remote.delta_ppl_rel <= 0.1
+    # Both brackets hold the budget's crossing and are narrower than tol × top (λ ≤ 1).
+    assert remote.strength == pytest.approx(local.strength, abs=0.0101)
+    assert len(remote.path) % 2 == 1  # the top, then two strengths per round
+
+
+def test_ray_main_job_gives_the_local_frame(tiny_gpt2, ray_ex, tmp_path):
+    from steerinterp.experiments.job import JobSpec, run_job
+
+    spec = JobSpec("tiny-gpt2", fit_set="wiki", size="smoke", methods=("mean_shift", "aura"))
+    quiet = dict(progress=False, log=lambda _: None)
+    local = run_job(tiny_gpt2, spec, tmp_path / "local", **quiet)
+    remote = run_job(tiny_gpt2, spec, tmp_path / "ray", executor=ray_ex, **quiet)
+    pd.testing.assert_frame_equal(local.drop(columns="fit_seconds"),
+                                  remote.drop(columns="fit_seconds"))
+
+
+def test_a_call_that_raises_comes_back_as_its_own_error(tiny_gpt2, ray_ex):
+    with pytest.raises(ValueError, match="bad value 7"):
+        ray_ex.map(tiny_gpt2, fails, [(7,)])
+
+
+def test_a_worker_that_dies_mid_condition_is_replaced_and_the_condition_rerun(
+        tiny_gpt2, shift, ray_ex, tmp_path):
+    local = sweep(tiny_gpt2, {"shift": shift}, [1.0], PROMPTS, PPL, SETTINGS,
+                  scorer=length_scorer, progress=False)
+    remote = sweep(tiny_gpt2, {"shift": shift}, [1.0], PROMPTS, PPL, SETTINGS,
+                   scorer=DyingScorer(tmp_path / "died"), progress=False,
+                   cache_dir=tmp_path / "c", executor=ray_ex)
+    assert (tmp_path / "died").exists()  # a worker did die
+    pd.testing.assert_frame_equal(local, remote)
+
+
+def test_a_worker_that_keeps_dying_is_reported_and_nothing_is_half_written(
+        tiny_gpt2, shift, ray_ex, tmp_path):
+    with pytest.raises(ExecutorError, match=r"(unsteered|shift@1): its Ray worker died 2 times.*nothing"):
+        sweep(tiny_gpt2, {"shift": shift}, [1.0], PROMPTS, PPL, SETTINGS,
+              scorer=DyingScorer(tmp_path / "died", always=True), progress=False,
+              cache_dir=tmp_path / "c", executor=ray_ex)
+    assert not list((tmp_path / "c").glob("*/summary.json"))
+    # The executor is still usable: dead workers were replaced.
+    assert ray_ex.map(tiny_gpt2, lambda m, s, x: x + 1, [(1,)]) == [2]
+
+
+def test_an_unreachable_cluster_is_one_clear_line():
+    pytest.importorskip("ray")
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(ExecutorError, match=f"cannot reach the Ray cluster at '127.0.0.1:{port}'"):
+        get_executor("ray", address=f"127.0.0.1:{port}")
+    with pytest.raises(ValueError, match="expected host:port"):
+        get_executor("ray", address="no-port-here")
