@@ -152,3 +152,19 @@ def test_an_unreachable_cluster_is_one_clear_line():
         get_executor("ray", address=f"127.0.0.1:{port}")
     with pytest.raises(ValueError, match="expected host:port"):
         get_executor("ray", address="no-port-here")
+
+
+def test_ray_figures_give_the_local_frames(ray_ex, tmp_path):
+    import steerinterp.experiments.figures as figures
+    from steerinterp.models import load_model
+
+    model = load_model("tiny-gpt2")
+    only = ["auroc", "token_scales", "attribution"]
+    kw = dict(size="quick", only=only, log=lambda _: None)
+    local = figures.make_figures(model, tmp_path / "local", cache=tmp_path / "lc", **kw)
+    remote = figures.make_figures(model, tmp_path / "ray", cache=tmp_path / "rc",
+                                  executor=ray_ex, **kw)
+    assert [p.name for p in local] == [p.name for p in remote]
+    for png in local:
+        pd.testing.assert_frame_equal(pd.read_csv(png.with_suffix(".csv")),
+                                      pd.read_csv(tmp_path / "ray" / png.with_suffix(".csv").name))

@@ -186,17 +186,19 @@ def figures(
     cache: Path = typer.Option(None, help="Where analysis frames and fitted steerers are "
                                           "cached (default: results/figures/<model>-<size>)."),
     seed: int = typer.Option(0), device: str = DEVICE,
+    executor: str = EXECUTOR, address: str = ADDRESS, workers: int = WORKERS,
 ) -> None:
     """Regenerate every analysis figure (PNG + the CSV it was drawn from) from cached frames,
-    computing what is missing."""
+    computing what is missing (with --executor ray, the analyses on Ray workers)."""
     from ..experiments.figures import make_figures
     from ..io import ensure_writable_dir
 
     ensure_writable_dir(out)
-    m = _load(model, device)
-    paths = make_figures(m, out, size=size, cache=cache, seed=seed,
-                         only=[s.strip() for s in only.split(",")] if only else None,
-                         log=_log)
+    with _executor(executor, address, workers) as ex:
+        m = _load(model, device)
+        paths = make_figures(m, out, size=size, cache=cache, seed=seed,
+                             only=[s.strip() for s in only.split(",")] if only else None,
+                             log=_log, executor=ex)
     console().print(f"{len(paths)} figures in {out}")
 
 

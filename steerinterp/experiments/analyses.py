@@ -172,7 +172,8 @@ def _draw_token_scales(frames):
             "dsas_scale_by_site": (plot_scale_by_site(by_site), by_site)}
 
 
-analysis("token_scales", reads=FIT_SET)((_token_scales, _draw_token_scales))
+# Revision 1: read out on held-out prompts that are in no fit set (``Context.held_out``).
+analysis("token_scales", reads=FIT_SET, revision=1)((_token_scales, _draw_token_scales))
 
 
 def _sae(ctx: Context) -> dict[str, pd.DataFrame]:
@@ -242,7 +243,7 @@ def _draw_attribution(frames):
                                        frames["attribution_validation"])}
 
 
-analysis("attribution", reads=(*FIT_SET, "n_attr", "top_k_units"))(
+analysis("attribution", reads=(*FIT_SET, "n_attr", "top_k_units"), revision=1)(
     (_attribution, _draw_attribution))
 
 

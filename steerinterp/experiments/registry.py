@@ -9,6 +9,7 @@ only reads the frames). ``save_figure`` writes each PNG next to the CSV it was d
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,6 +23,13 @@ from .fitsets import toxicity_fit_sets
 from ..io import CorruptFileError, fingerprint, read_csv, read_json, write_csv
 from ..io import write_json
 from ..steer import Steerer, load_or_fit, make
+
+
+CALIBRATION_TAIL = 256  # the far end of a text set, left to λ calibration (``held_out``)
+
+# Analyses whose frames changed meaning without a size change (e.g. other read-out texts):
+# their revision joins the cache key, so frames cached before are recomputed.
+REVISIONS: dict[str, int] = {}
 
 
 @dataclass
@@ -46,9 +54,18 @@ class Context:
                                  seed=self.seed, held_out=held_out, log=self.log)
 
     def held_out(self, name: str, n: int) -> list[str]:
-        """Texts not in the fit sets (the far end of the seeded order)."""
-        pool = load_texts(name)
-        return load_texts(name, n=len(pool), seed=self.seed)[-n:]
+        """``n`` read-out texts of ``name`` that no fit set and no calibration reads, in a seeded
+        order: toxic ones from the prompts kept out of every fit set (``calibration_prompts``:
+        the continuation fit sets are built from the others), any other set without its far
+        end (where ``calibration_ppl_texts`` calibrates λ)."""
+        from .fitsets import calibration_prompts
+
+        pool = calibration_prompts() if name == "toxic" else load_texts(name)[:-CALIBRATION_TAIL]
+        if n > len(pool):
+            raise ValueError(f"{n} held-out {name} texts asked for; {len(pool)} are held out")
+        order = list(range(len(pool)))
+        random.Random(self.seed).shuffle(order)
+        return [pool[i] for i in order[:n]]
 
     def steerer(self, name: str, method: str | None = None, **options) -> Steerer:
         """Fit (or load from the cache) a steerer on the fit sets."""
@@ -69,8 +86,11 @@ def _frames(ctx: Context, analysis: str, compute, reads: tuple[str, ...] | None
     not invalidate the others' hour-long frames."""
     folder = ctx.cache / "frames" / analysis
     size = asdict(ctx.z)
-    key = fingerprint({"model": ctx.model.cfg.model_name, "seed": ctx.seed, "analysis": analysis,
-                       "size": {k: v for k, v in size.items() if reads is None or k in reads}})
+    parts = {"model": ctx.model.cfg.model_name, "seed": ctx.seed, "analysis": analysis,
+             "size": {k: v for k, v in size.items() if reads is None or k in reads}}
+    if analysis in REVISIONS:
+        parts["revision"] = REVISIONS[analysis]
+    key = fingerprint(parts)
     meta = folder / "done.json"
     if meta.exists():
         try:
@@ -95,12 +115,16 @@ def _frames(ctx: Context, analysis: str, compute, reads: tuple[str, ...] | None
 ANALYSES: dict[str, tuple[Callable, Callable, tuple[str, ...] | None]] = {}
 
 
-def analysis(name: str, reads: tuple[str, ...] | None = None):
+def analysis(name: str, reads: tuple[str, ...] | None = None, revision: int = 0):
     """Register ``(compute, draw)`` under ``name``; ``reads``: the FigureSize fields compute
-    uses (the cache key), None for all."""
+    uses (the cache key), None for all; ``revision``: bump it when compute changes what its
+    frames mean, so cached ones are recomputed."""
     unknown = set(reads or ()) - set(FigureSize.__dataclass_fields__)
     if unknown:
         raise ValueError(f"analysis {name!r} reads unknown size fields {sorted(unknown)}")
+
+    if revision:
+        REVISIONS[name] = revision
 
     def register(pair: tuple[Callable, Callable]):
         ANALYSES[name] = (*pair, reads)

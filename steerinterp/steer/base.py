@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from typing import ClassVar
 
 import torch
+from filelock import FileLock
 from jaxtyping import Float
 from torch import nn
 from transformer_lens import HookedTransformer
@@ -275,15 +276,20 @@ def check_sites(requested, available: Sequence[Site], who: str) -> list[Site]:
 def load_or_fit(path: str | Path, model: HookedTransformer,
                 fit: Callable[[], Steerer]) -> Steerer:
     """The steerer saved at ``path`` when it loads and matches ``model``; otherwise ``fit()``'s,
-    saved there (replacing a damaged or foreign save). How long jobs resume their fits."""
+    saved there (replacing a damaged or foreign save). How long jobs resume their fits.
+
+    Locked across processes: of two workers that need the same steerer, one fits it and the
+    other loads that fit."""
     path = Path(path)
-    if (path / "config.json").exists():
-        try:
-            return load_steerer(path, model)
-        except (CorruptFileError, SteerError, FileNotFoundError, ValueError):
-            pass  # damaged, or from another model: fit again (the save replaces it)
-    steerer = fit()
-    steerer.save(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path.parent / f".{path.name}.lock")):
+        if (path / "config.json").exists():
+            try:
+                return load_steerer(path, model)
+            except (CorruptFileError, SteerError, FileNotFoundError, ValueError):
+                pass  # damaged, or from another model: fit again (the save replaces it)
+        steerer = fit()
+        steerer.save(path)
     return steerer
 
 
