@@ -83,7 +83,7 @@ def test_a_condition_folder_is_locked_while_it_is_computed(tiny_gpt2, shift, tmp
     codes = []
 
     def generate_while_probing(*a, **k):
-        lock = tmp_path / ".c.lock"
+        lock = tmp_path / "c" / ".lock"
         codes.append(subprocess.run([sys.executable, "-c", probe, str(lock)]).returncode)
         return real(*a, **k)
 

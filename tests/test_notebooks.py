@@ -30,13 +30,15 @@ SHARED = {"MODEL": "tiny-gpt2", "N": 8, "SEED": 0, "STEPS": 2, "N_PROMPTS": 2,
 # Per notebook; every name here must exist in that notebook's parameters cell.
 SMALL = {
     "01_quickstart": {},
-    "02_compare_methods": {"STRENGTHS": [0.5, 1.0], "N_CALIB": 4, "CACHE_DIR": None},
+    "02_compare_methods": {"STRENGTHS": [0.5, 1.0], "N_CALIB": 4, "CACHE_DIR": None,
+                           "METHODS": ["aura", "mean_shift", "linear_act", "lineas"]},
     "03_neuron_auroc": {"K_EXPERTS": 3, "N_TOKENS": 2},
     "04_lineas_sparsity": {"GAMMAS": [0.0, 1.0, 100.0], "STEPS": 5, "EVALUATE": True,
                            "CACHE_DIR": None},
     "05_dsas_token_scales": {"BASE_METHOD": "mean_shift"},
     "06_sae_overlap": {"SIZE": "quick", "K": 5, "SAE_CACHE": "sae_cache"},
-    "07_attribution": {"N_ATTR": 4, "TOP_K": 10, "IG_STEPS": 2, "KS": [1, 5], "N_RANDOM": 2},
+    "07_attribution": {"N_ATTR": 4, "TOP_K": 10, "IG_STEPS": 2, "KS": [1, 5], "N_RANDOM": 2,
+                       "N_CALIB": 4},
 }
 
 

@@ -140,12 +140,12 @@ def evaluate(model: HookedTransformer, *steerers: Steerer, prompts: list[str],
         return _measure(model, steerers, **measure)
     key = evaluation_key(model, steerers, strength, settings, prompts, ppl_texts)
     folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
+    folder.mkdir(parents=True, exist_ok=True)
     # One writer per condition folder across processes (Ray workers, two runs on one folder):
     # the lock holder computes and saves, a waiter then finds the finished condition and loads
     # it. The OS drops the lock of a process that dies, and a half-written folder has no
     # summary.json, so the next holder recomputes it.
-    with FileLock(str(folder.parent / f".{folder.name}.lock")):
+    with FileLock(str(folder / ".lock")):
         if (done := Evaluation.load(folder, key)) is not None:
             return done
         result = _measure(model, steerers, **measure)

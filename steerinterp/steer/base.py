@@ -281,8 +281,8 @@ def load_or_fit(path: str | Path, model: HookedTransformer,
     Locked across processes: of two workers that need the same steerer, one fits it and the
     other loads that fit."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(path.parent / f".{path.name}.lock")):
+    path.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path / ".lock")):
         if (path / "config.json").exists():
             try:
                 return load_steerer(path, model)

@@ -35,7 +35,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import time
-from collections import Counter
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -44,15 +43,12 @@ import torch
 from jaxtyping import Float
 from transformer_lens import HookedTransformer
 
-from ..collection import validate_lengths, validate_texts
 from ..sites import Site
-from ..store import ActivationStore
-from ..tokens import token_ids
 from ..train import recipe_problem
 from . import lineas as _lineas  # noqa: F401  (registers "lineas" for make())
-from .probe import fit_gate
-from .base import REGISTRY, SteerConfig, Steerer, SteerError, make, register
-from .dsas_e2e import identity_lineas, train_e2e
+from .base import REGISTRY, SteerConfig, Steerer, SteerError, register
+from .dsas_e2e import train_e2e
+from .dsas_fit import DsasFitSteps, _count, base_method
 from .nested import base_record, link_base, rebuild_base
 
 GATES = ("sigmoid", "relu")
@@ -95,12 +91,8 @@ class DsasConfig(SteerConfig):
             raise SteerError("e2e dsas compares mean-pooled activations; leave pool unset")
 
 
-def _count(data) -> int:
-    return data.n if isinstance(data, ActivationStore) else len(data)
-
-
 @register
-class Dsas(Steerer):
+class Dsas(DsasFitSteps, Steerer):
     """DSAS over a fitted ``base``: ``make("dsas", base=fitted).fit(model, source, control=...)``.
 
     Without ``base``, ``fit`` first fits ``base_method`` (default ``mean_shift``; with
@@ -115,15 +107,7 @@ class Dsas(Steerer):
 
     def __init__(self, config: DsasConfig | None = None) -> None:
         config = config if config is not None else DsasConfig()
-        name = config.base_method or ("lineas" if config.e2e else "mean_shift")
-        if config.base is not None:
-            if config.base_method not in (None, config.base.method):
-                raise SteerError(f"base_method={config.base_method!r} contradicts the given "
-                                 f"{config.base.method} base")
-            name = config.base.method
-        if name not in REGISTRY or (config.e2e and name != "lineas"):
-            raise SteerError(f"dsas cannot use base method {name!r}"
-                             + (" (e2e trains lineas maps)" if config.e2e else ""))
+        name = base_method(config)
         super().__init__(dataclasses.replace(config, base=None, base_method=name), check=False)
         self.base = copy.deepcopy(config.base) if config.base is not None else None
         self._fits_base = config.base is None  # refit() fits a new base too
@@ -159,16 +143,7 @@ class Dsas(Steerer):
         sites = self.base.sites
         src = self.as_store(model, source, sites, "source")
         ctl = self.as_store(model, control, sites, "control")
-        if all(torch.equal(src[s], ctl[s]) for s in sites):
-            raise SteerError("dsas control activations are identical to the source's: the "
-                             "probe has nothing to separate")
-        for site in sites:
-            u, c, stats = fit_gate(src[site], ctl[site], self.config.n_components,
-                                   self.config.C, self.config.val_fraction, self.config.seed)
-            active = stats["accuracy"] >= self.config.threshold
-            self.probe[str(site)] = dict(stats, active=active)
-            self.set_tensor(site, "u", u if active else torch.zeros_like(u))
-            self.set_tensor(site, "c", torch.tensor(c if active else 0.0))
+        self._fit_gates(src, ctl, sites)
         link_base(self.tensors, self.base)
         n_target = _count(target) if target is not None else 0
         self.record_provenance(model, sites, src.n, n_target, t0)
@@ -177,46 +152,6 @@ class Dsas(Steerer):
             self.record_provenance(model, sites, src.n, n_target, t0)
         self.provenance = self.provenance.replace(n_control=ctl.n)
         return self
-
-    def _control(self, source, target, control):
-        if control is None and self.config.target_as_control:
-            control = target
-        if control is None:
-            raise SteerError("dsas needs a control set (neutral text the gate must leave "
-                             "alone): pass control=..., or make('dsas', target_as_control=True) "
-                             "to use the target set")
-        if _count(control) == 0:
-            raise SteerError("dsas control set is empty")
-        if all(isinstance(d, (list, tuple)) for d in (source, control)) \
-                and Counter(source) == Counter(control):
-            raise SteerError("dsas control texts are the same as the source texts: the probe "
-                             "has nothing to separate")
-        return control
-
-    def _prepare_base(self, model: HookedTransformer, source, target) -> None:
-        """Check the given base, or fit ``base_method`` (e2e: fresh identity LinEAS maps)."""
-        cfg = self.config
-        if self._fits_base:
-            opts = dict(sites=cfg.sites, max_tokens=cfg.max_tokens, batch_size=cfg.batch_size)
-            if not cfg.e2e:
-                self.base = make(cfg.base_method, **opts).fit(model, source, target)
-                return
-            self.base = identity_lineas(model, cfg, opts)
-            return
-        if cfg.sites is not None:
-            raise SteerError("dsas steers its base's sites; do not pass sites= with a base")
-        if not self.base.fitted:
-            raise SteerError(f"the dsas base ({self.base.method}) is not fitted; fit it first")
-        try:
-            self.base.check_model(model)
-        except SteerError as err:
-            raise SteerError(f"dsas base: {err}") from None
-
-    def _ids(self, model: HookedTransformer, texts) -> list[list[int]]:
-        texts = validate_texts(texts)
-        ids = token_ids(model, texts, self.config.max_tokens)
-        validate_lengths(ids, texts, True, self.config.max_tokens)
-        return ids
 
     # -- applying ------------------------------------------------------------------------------
     def gate(self, acts: Float[torch.Tensor, "... d"], site: Site) -> Float[torch.Tensor, "..."]:
