@@ -36,7 +36,9 @@ def bench_lineas(model: HookedTransformer, n: int = 32, repeats: int = 5,
 
     ``converged_min``: the step time × the schedule that matches the reference's 1000 steps
     (:data:`~steerinterp.experiments.sizes.LINEAS_CONVERGED`, measured on gemma-3-270m), i.e. the
-    wall time to a converged fit; ``est_1000_steps_min`` the reference schedule's."""
+    wall time to a converged fit; ``est_1000_steps_min`` the reference schedule's.
+    ``lineas_step_bf16_s``: the same step under bfloat16 autocast (``precision="bf16"``, the
+    demo's; measured to give the fp32 fit), interleaved with the fp32 one."""
     from ..experiments.sizes import LINEAS_CONVERGED
 
     toxic, wiki = toxicity_fit_sets(model, n=n, kind=fit_set, progress=False,
@@ -50,14 +52,17 @@ def bench_lineas(model: HookedTransformer, n: int = 32, repeats: int = 5,
     params = [p.requires_grad_(True) for p in lineas.tensors.values()]
     settings = dataclasses.replace(lineas.config.train_settings(), steps=1,
                                    batch_size=lineas.provenance.extra["train"]["batch_size"])
-    times: dict[str, list[float]] = {"lineas_step": [], "forward_backward": []}
+    bf16 = dataclasses.replace(settings, precision="bf16")
+    times: dict[str, list[float]] = {"lineas_step": [], "lineas_step_bf16": [],
+                                     "forward_backward": []}
     for _ in range(repeats):
-        sync(str(model.cfg.device))
-        t0 = time.perf_counter()
-        with steered(model, lineas, strength=1.0):
-            train(model, params, ids, target, sites, settings, prox=lineas.prox)
-        sync(str(model.cfg.device))
-        times["lineas_step"].append(time.perf_counter() - t0)
+        for name, how in (("lineas_step", settings), ("lineas_step_bf16", bf16)):
+            sync(str(model.cfg.device))
+            t0 = time.perf_counter()
+            with steered(model, lineas, strength=1.0):
+                train(model, params, ids, target, sites, how, prox=lineas.prox)
+            sync(str(model.cfg.device))
+            times[name].append(time.perf_counter() - t0)
         t0 = time.perf_counter()
         with torch.enable_grad():
             _plain_step(model, ids[:settings.batch_size], stop)  # the same batch size
@@ -70,6 +75,8 @@ def bench_lineas(model: HookedTransformer, n: int = 32, repeats: int = 5,
             "n_params": sum(p.numel() for p in params), "repeats": repeats,
             **{f"{k}_s": v for k, v in med.items()},
             "ratio": med["lineas_step"] / med["forward_backward"],
+            "bf16_speedup": med["lineas_step"] / med["lineas_step_bf16"],
             "est_1000_steps_min": med["lineas_step"] * 1000 / 60, "fit_set": fit_set,
             "converged_steps": LINEAS_CONVERGED,
-            "converged_min": med["lineas_step"] * LINEAS_CONVERGED / 60}
+            "converged_min": med["lineas_step"] * LINEAS_CONVERGED / 60,
+            "converged_min_bf16": med["lineas_step_bf16"] * LINEAS_CONVERGED / 60}
