@@ -4,32 +4,14 @@ and the parallel ETA (Ray itself: ``test_executors_ray.py``)."""
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 
 from steerinterp.errors import ExecutorError
-from steerinterp.evaluate.generation import GenerationSettings
-from steerinterp.evaluate.harness import EvalSettings, evaluate
+from steerinterp.evaluate.harness import evaluate
 from steerinterp.evaluate.progress import StageClock
 from steerinterp.executors import LocalExecutor, get_executor
 from steerinterp.steer import make
-
-PROMPTS = ["the weather today is", "my neighbour said that", "in the beginning", "so I told"]
-PPL = ["the cat sat on the mat and looked at the door",
-       "activation steering edits what a model computes on each token",
-       "a short sentence about nothing in particular",
-       "rivers run to the sea and the sea is never full"]
-SOURCE = ["you are a stupid idiot", "shut up you moron", "what a dumb thing to say",
-          "I hate you so much"]
-TARGET = ["have a nice day", "the museum opens at nine", "rain is expected tomorrow",
-          "the river flows to the sea"]
-SETTINGS = EvalSettings(generation=GenerationSettings(max_new_tokens=4, samples=2, batch_size=4))
-LAMS = [0.25, 0.5, 0.75, 1.0]
-
-
-def length_scorer(texts):
-    """A deterministic stand-in classifier: longer continuations look 'more toxic'."""
-    return np.array([min(len(t) / 40, 1.0) for t in texts])
+from tiny_texts import PPL, PROMPTS, SETTINGS, SOURCE, TARGET, length_scorer
 
 
 @pytest.fixture(scope="module")

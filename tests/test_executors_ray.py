@@ -6,37 +6,21 @@ torch and loads the model."""
 import os
 import sys
 
-import numpy as np
 import pandas as pd
 import pytest
 import torch
 
 from steerinterp.errors import ExecutorError
-from steerinterp.evaluate.generation import GenerationSettings
-from steerinterp.evaluate.harness import EvalSettings
 from steerinterp.evaluate.sweep import calibrate, sweep
 from steerinterp.executors import get_executor
 from steerinterp.steer import make
+import tiny_texts
+from tiny_texts import PPL, PROMPTS, SETTINGS, SOURCE, TARGET, length_scorer
 
-pytestmark = pytest.mark.slow
-
-PROMPTS = ["the weather today is", "my neighbour said that", "in the beginning", "so I told"]
-PPL = ["the cat sat on the mat and looked at the door",
-       "activation steering edits what a model computes on each token",
-       "a short sentence about nothing in particular",
-       "rivers run to the sea and the sea is never full"]
-SOURCE = ["you are a stupid idiot", "shut up you moron", "what a dumb thing to say",
-          "I hate you so much"]
-TARGET = ["have a nice day", "the museum opens at nine", "rain is expected tomorrow",
-          "the river flows to the sea"]
-SETTINGS = EvalSettings(generation=GenerationSettings(max_new_tokens=4, samples=2, batch_size=4))
 LAMS = [0.25, 0.5, 0.75, 1.0]
 
 
-def length_scorer(texts):
-    """A deterministic stand-in classifier: longer continuations look 'more toxic'."""
-    return np.array([min(len(t) / 40, 1.0) for t in texts])
-
+pytestmark = pytest.mark.slow
 
 class DyingScorer:
     """Kills the process that scores (a Ray worker: never call it in the test process) the
@@ -68,6 +52,7 @@ def ray_ex():
 
     # Workers cannot import this test module: ship its functions and classes by value.
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    cloudpickle.register_pickle_by_value(tiny_texts)
     ex = get_executor("ray", workers=2)
     yield ex
     ex.close()

@@ -7,27 +7,11 @@ import pandas as pd
 import pytest
 import torch
 
-from steerinterp.evaluate.generation import GenerationSettings
-from steerinterp.evaluate.harness import EvalSettings, Evaluation, compare, evaluate
+from steerinterp.evaluate.harness import Evaluation, compare, evaluate
 from steerinterp.evaluate.perplexity import perplexity
 from steerinterp.evaluate.sweep import calibrate, pareto_front, sweep
 from steerinterp.steer import make
-
-PROMPTS = ["the weather today is", "my neighbour said that", "in the beginning", "so I told"]
-PPL = ["the cat sat on the mat and looked at the door",
-       "activation steering edits what a model computes on each token",
-       "a short sentence about nothing in particular",
-       "rivers run to the sea and the sea is never full"]
-SOURCE = ["you are a stupid idiot", "shut up you moron", "what a dumb thing to say",
-          "I hate you so much"]
-TARGET = ["have a nice day", "the museum opens at nine", "rain is expected tomorrow",
-          "the river flows to the sea"]
-SETTINGS = EvalSettings(generation=GenerationSettings(max_new_tokens=4, samples=2, batch_size=4))
-
-
-def length_scorer(texts):
-    """A deterministic stand-in classifier: longer continuations look 'more toxic'."""
-    return np.array([min(len(t) / 40, 1.0) for t in texts])
+from tiny_texts import PPL, PROMPTS, SETTINGS, SOURCE, TARGET, length_scorer
 
 
 @pytest.fixture(scope="module")
