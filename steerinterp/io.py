@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ class CorruptFileError(ValueError):
     """A file that is missing, truncated, or does not match its recorded checksum."""
 
 
-def ensure_writable_dir(path: Path) -> Path:
+def ensure_writable_dir(path: str | Path) -> Path:
     """Create ``path`` (and parents) or raise a clear error if it cannot be written."""
     path = Path(path)
     blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
@@ -47,7 +48,7 @@ def default_mode(directory: bool = False) -> int:
     return (0o777 if directory else 0o666) & ~mask
 
 
-def atomic_write(path: Path, write) -> None:
+def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
     """Call ``write(tmp)`` on a temporary file next to ``path``, then rename it into place: a
     crash never leaves a half-written ``path``. The file gets the usual permissions (mkstemp
     alone would leave it readable by its owner only)."""
@@ -64,7 +65,7 @@ def atomic_write(path: Path, write) -> None:
         raise
 
 
-def write_json(path: Path, obj: Any) -> None:
+def write_json(path: str | Path, obj: Any) -> None:
     """Atomically write ``obj`` as indented JSON."""
     def write(tmp: str) -> None:
         with open(tmp, "w") as f:
@@ -74,21 +75,21 @@ def write_json(path: Path, obj: Any) -> None:
     atomic_write(path, write)
 
 
-def write_text(path: Path, text: str) -> None:
+def write_text(path: str | Path, text: str) -> None:
     """Atomically write a text file (reports, Markdown)."""
     def write(tmp: str) -> None:
         Path(tmp).write_text(text)
     atomic_write(path, write)
 
 
-def write_csv(path: Path, frame) -> None:
+def write_csv(path: str | Path, frame) -> None:
     """Atomically write a pandas DataFrame as CSV (no index); gzip-compressed when ``path``
     ends in ``.gz`` (the temporary name does not, so the compression is named here)."""
     compression = "gzip" if str(path).endswith(".gz") else None
     atomic_write(path, lambda tmp: frame.to_csv(tmp, index=False, compression=compression))
 
 
-def read_csv(path: Path, what: str, columns: tuple[str, ...] = ()):
+def read_csv(path: str | Path, what: str, columns: tuple[str, ...] = ()):
     """Read a CSV written by :func:`write_csv`, naming ``what`` if it is damaged."""
     import pandas as pd
 
@@ -105,8 +106,10 @@ def read_csv(path: Path, what: str, columns: tuple[str, ...] = ()):
     return frame
 
 
-def read_json(path: Path, what: str) -> dict:
-    """Read JSON written by :func:`write_json`; name ``what`` in the error if it is damaged."""
+def read_json(path: str | Path, what: str) -> Any:
+    """Read JSON written by :func:`write_json`; name ``what`` in the error if it is damaged.
+    Any JSON value: a hand-edited file may hold a list where an object belongs, which the
+    callers name (e.g. ``load_steerer``)."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{what}: {path} does not exist")
@@ -116,7 +119,7 @@ def read_json(path: Path, what: str) -> dict:
         raise CorruptFileError(f"{what}: {path} is corrupted (not valid JSON: {err})") from err
 
 
-def save_tensors(path: Path, tensors: dict[str, torch.Tensor],
+def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor],
                  metadata: dict[str, str] | None = None) -> str:
     """Atomically write a safetensors file and return its sha256."""
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
@@ -127,7 +130,7 @@ def save_tensors(path: Path, tensors: dict[str, torch.Tensor],
     return sha256_of(path)
 
 
-def load_tensors(path: Path, sha256: str | None, what: str) -> dict[str, torch.Tensor]:
+def load_tensors(path: str | Path, sha256: str | None, what: str) -> dict[str, torch.Tensor]:
     """Load a safetensors file, checking its sha256 when one was recorded."""
     path = Path(path)
     if not path.exists():
@@ -141,7 +144,7 @@ def load_tensors(path: Path, sha256: str | None, what: str) -> dict[str, torch.T
         raise CorruptFileError(f"{what}: {path} is truncated or corrupted ({err})") from err
 
 
-def sha256_of(path: Path) -> str:
+def sha256_of(path: str | Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):

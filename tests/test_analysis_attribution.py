@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
+from typecheck import checks_off
 from steerinterp.analysis.attribution import (SITE_COLUMNS, UNIT_COLUMNS, VALIDATION_COLUMNS,
                                               Restricted, attribute, validate_units)
 from steerinterp.evaluate.perplexity import perplexity
@@ -210,7 +211,7 @@ def test_attribute_bad_inputs(model, steerer, units):
         attribute(model, steerer, EVAL, max_tokens=1, progress=False)
     with pytest.raises(ValueError, match="steers no site"):
         attribute(model, Restricted(steerer, []), EVAL, progress=False)
-    with pytest.raises(TypeError, match="fitted Steerer"):
+    with pytest.raises(TypeError, match="fitted Steerer"), checks_off():
         attribute(model, "mean_shift", EVAL, progress=False)
     with pytest.raises(SteerError, match="range"):
         attribute(model, steerer, EVAL, strength=2.0, progress=False)

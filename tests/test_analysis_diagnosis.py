@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import steerinterp.experiments.figures as figures
+from typecheck import checks_off
 from steerinterp.analysis import diagnose
 from steerinterp.steer.restricted import Restricted
 from steerinterp.analysis.diagnosis import DIAGNOSIS_COLUMNS
@@ -155,7 +156,7 @@ def test_unequal_counts_are_truncated(model, steerer):
 
 
 def test_bad_inputs(model, steerer):
-    with pytest.raises(TypeError, match="fitted Steerer, got str"):
+    with pytest.raises(TypeError, match="fitted Steerer, got str"), checks_off():
         diagnose(model, "mean_shift", PPL, progress=False)
     with pytest.raises(SteerError, match="not fitted"):
         diagnose(model, make("mean_shift"), PPL, progress=False)

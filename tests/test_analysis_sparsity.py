@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from typecheck import checks_off
 from steerinterp.analysis.experts import AURA_LINEAS_COLUMNS
 from steerinterp.analysis.sparsity import (SPARSITY_COLUMNS, fit_lineas_path, layer_sparsity,
                                            merge_evaluation)
@@ -136,7 +137,7 @@ def test_bad_inputs(model, path):
         fit_lineas_path(model, SRC, TGT, [0.1], {"stpes": 3})
     with pytest.raises(ValueError, match="at least one"):
         layer_sparsity([])
-    with pytest.raises(TypeError, match="item 1 is MeanShift"):
+    with pytest.raises(TypeError, match="item 1 is MeanShift"), checks_off():
         layer_sparsity([path[0], make("mean_shift").fit(model, SRC, TGT)])
     with pytest.raises(ValueError, match="not fitted"):
         layer_sparsity([make("lineas")])

@@ -4,6 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from typecheck import checks_off
 from steerinterp.analysis.token_scales import (GROUP_COLUMNS, TOKEN_COLUMNS, mean_scale_by_site,
                                                summarise_scales, token_scales)
 from steerinterp.models import tiny_model
@@ -68,7 +69,7 @@ def test_max_tokens_and_site_filter(model, dsas):
 
 
 def test_bad_inputs(model, dsas, base):
-    with pytest.raises(TypeError, match="reads DSAS gates; got a MeanShift"):
+    with pytest.raises(TypeError, match="reads DSAS gates; got a MeanShift"), checks_off():
         token_scales(model, base, TEXTS)
     with pytest.raises(ValueError, match=r"site\(s\) L1\.resid_post are not steered by the dsas "
                                          r"steerer; its sites: L0\.ln1, L0\.ln2"):

@@ -5,6 +5,7 @@ import copy
 import pytest
 import torch
 
+from typecheck import checks_off
 from steerinterp.sites import POINTS, Site, points_of
 from steerinterp.steer import SteerError, Steerer, fold_into_weights, make, steered
 
@@ -139,7 +140,7 @@ def test_non_affine_and_unfitted_are_refused(tiny_gpt2):
     class Gate(Steerer):
         method = "gate"
 
-    with pytest.raises(SteerError, match="AffineSteerer.*Gate"):
+    with pytest.raises(SteerError, match="AffineSteerer.*Gate"), checks_off():
         fold_into_weights(tiny_gpt2, Gate())
     with pytest.raises(SteerError, match="not fitted"):
         fold_into_weights(tiny_gpt2, make("mean_shift", sites=["L0.mlp_post"]))

@@ -8,6 +8,7 @@ from dataclasses import replace
 import pytest
 import torch
 
+from typecheck import checks_off
 from steerinterp.evaluate import generation as gen
 from steerinterp.evaluate.generation import (
     COLUMNS, GenerationSettings, PRESETS, decode, decode_continuations, generate,
@@ -270,7 +271,9 @@ def test_table_columns_order_and_scores(tiny_gpt2, capsys):
     ({"max_prompt_tokens": 0}, "max_prompt_tokens"), ({"stop_at_eos": 1}, "stop_at_eos"),
 ])
 def test_bad_settings(kw, words):
-    with pytest.raises(ValueError, match=words.replace("(", r"\(").replace("]", r"\]")):
+    # checks_off: some values are of the wrong type (2.5, "1"), which the test checker refuses
+    with pytest.raises(ValueError, match=words.replace("(", r"\(").replace("]", r"\]")), \
+            checks_off():
         GenerationSettings(**kw)
 
 
@@ -290,7 +293,7 @@ def test_bad_presets():
     (["ok", None], r"prompts\[1\] is NoneType \(positions \[1\]\)"),
 ])
 def test_bad_prompts(tiny_gpt2, prompts, words):
-    with pytest.raises(ValueError, match=words):
+    with pytest.raises(ValueError, match=words), checks_off():  # None is not a str
         generate(tiny_gpt2, prompts, progress=False)
 
 

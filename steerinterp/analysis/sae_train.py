@@ -129,7 +129,7 @@ def _locate(model: HookedTransformer, site, size: str, texts, cache_dir, seed: i
 
 
 def _key(model: HookedTransformer, site: Site, size: str, seed: int,
-         texts: list[str] | None) -> dict:
+         texts: Sequence[str] | None) -> dict:
     return {"format": FORMAT, "model": model_info(model).to_dict(), "site": str(site),
             "width": site.width(model), "size": size, "settings": asdict(SIZES[size]),
             "seed": seed,
@@ -168,7 +168,7 @@ def _load_cached(folder: Path, key: dict):
 
 
 def _train_into(folder: Path, model: HookedTransformer, site: Site, size: SaeSize,
-                texts: list[str] | None, seed: int, key: dict, progress: bool) -> None:
+                texts: Sequence[str] | None, seed: int, key: dict, progress: bool) -> None:
     """Train in a temporary folder next to ``folder``, then move it into place (atomic)."""
     folder.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale(folder.parent)

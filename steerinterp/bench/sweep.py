@@ -33,8 +33,10 @@ def bench_sweep(model: HookedTransformer, n_prompts: int = 16, n_ppl: int = 16,
     shift = make("mean_shift").fit(model, source, target)
     settings = EvalSettings(generation=GenerationSettings(max_new_tokens=new_tokens, samples=2,
                                                           seed=seed))
-    args = ({"mean_shift": shift}, list(STRENGTHS),
-            load_prompts("toxic_prompts", n_prompts, seed), load_texts("wiki_ppl", n=n_ppl))
+    limit = settings.generation.max_prompt_tokens  # the tiny byte-level model: short ones only
+    prompts = [p for p in load_prompts("toxic_prompts", seed=seed)
+               if model.to_tokens(p).shape[1] <= limit][:n_prompts]
+    args = ({"mean_shift": shift}, list(STRENGTHS), prompts, load_texts("wiki_ppl", n=n_ppl))
     with RayExecutor(workers=workers, address=address) as ex:  # no Ray: said before any work
         t = time.perf_counter()
         local = sweep(model, *args, settings=settings, progress=False)

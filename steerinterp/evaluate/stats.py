@@ -57,7 +57,8 @@ def mean_from_totals(totals: Numbers, counts: Numbers) -> tuple[float, float]:
     return mean, cluster_se((totals - mean * counts) / n)
 
 
-def clustered_mean(values: Numbers, clusters: Sequence[Hashable] | np.ndarray | pd.Series
+def clustered_mean(values: Numbers,
+                   clusters: Sequence[Hashable] | np.ndarray | pd.Series | pd.Index
                    ) -> tuple[float, float]:
     """Mean of ``values`` and its cluster-robust SE, units in one cluster being correlated."""
     values = np.asarray(values, dtype=np.float64)
