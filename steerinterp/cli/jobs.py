@@ -82,8 +82,9 @@ def _unique_names(names: list[str]) -> list[str]:
 @app.command()
 def run(
     model: str = MODEL,
-    size: str = typer.Option("default", help="smoke (seconds, tests) | demo (what `steerinterp "
-                                             "demo` runs; measured: 20 min on a 2-core CPU) | "
+    size: str = typer.Option("default", help="smoke (seconds, tests) | demo (`steerinterp demo`'s"
+                                             " size; measured on a 2-core CPU: 20 min with the "
+                                             "+5% rows, 17 min at λ = 1 only) | "
                                              "default (measured on a 2-core CPU: "
                                              "28 min for aura, mean_shift, linear_act, "
                                              "dsas+linear_act; LinEAS adds ~12 min of "
@@ -144,9 +145,9 @@ def demo(
 ) -> None:
     """The main job at watching size (what `make demo` runs): AurA, Linear-AcT, LinEAS (250
     steps, converged) and DSAS over Linear-AcT, fitted on 32 + 32 texts, each evaluated on 40
-    held-out prompts at the papers' λ = 1; prints the results table. Measured: MEASURED on
-    gemma-3-270m on a 2-core CPU (LinEAS's fit is 10 min of it). `run --size demo` is the
-    same with the +5% PPL rows. Resumes like `run`."""
+    held-out prompts at the papers' λ = 1; prints the results table. Measured: 17 min on
+    gemma-3-270m on a 2-core CPU (LinEAS's converged fit is 11.7 min of it). `run --size demo`
+    is the same with the +5% PPL rows. Resumes like `run`."""
     from ..experiments.job import DEMO_METHODS, JobSpec, run_job
     from ..io import ensure_writable_dir
 
