@@ -153,3 +153,11 @@ def test_ray_figures_give_the_local_frames(ray_ex, tmp_path):
     for png in local:
         pd.testing.assert_frame_equal(pd.read_csv(png.with_suffix(".csv")),
                                       pd.read_csv(tmp_path / "ray" / png.with_suffix(".csv").name))
+
+
+def test_bench_sweep_reports_both_times_on_the_same_frame(tiny_gpt2, ray_ex):
+    from steerinterp.bench.sweep import bench_sweep
+
+    result = bench_sweep(tiny_gpt2, n_prompts=2, n_ppl=2, new_tokens=2, workers=2)
+    assert result["conditions"] == 8 and result["same_frame"]
+    assert result["local_s"] > 0 and result["ray_sweep_s"] > 0 and result["ray_start_s"] > 0

@@ -54,7 +54,7 @@ def bench_sweep(model: HookedTransformer, n_prompts: int = 16, n_ppl: int = 16,
             "ray_sweep_s": round(ray_s, 2), "ray_total_s": round(start_s + ray_s, 2),
             "speedup_warm": round(local_s / ray_s, 2),
             "speedup_total": round(local_s / (start_s + ray_s), 2),
-            "same_frame": True, "machine": machine()}
+            "same_frame": True, "machine": machine(str(model.cfg.device))}
 
 
 def _noop(model, shared) -> None:
