@@ -207,7 +207,7 @@ def calibrate(model: HookedTransformer, steerer: Steerer | Sequence[Steerer],
                 hi = lam
                 break
             lo, lo_cost = lam, c
-    saturated = top_cost <= ppl_budget
+    saturated = bool(top_cost <= ppl_budget)  # a numpy budget would give np.bool_
     return Calibration(hi if saturated else lo, top_cost if saturated else lo_cost, ppl_budget,
                        saturated, _path(path))
 
