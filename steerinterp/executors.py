@@ -102,19 +102,20 @@ class RayExecutor:
 
     ``address``: an existing cluster ("host:port", "ray://host:port" or "auto"); without it a
     local Ray runtime with ``workers × cpus_per_worker`` CPUs is started (and shut down by
-    :meth:`close`). Results come back in call order; an exception raised by ``fn`` is re-raised
+    :meth:`close`). Workers that cannot start within ``start_timeout`` seconds (no free CPUs)
+    are an error, not a wait without end. Results come back in call order; an exception raised by ``fn`` is re-raised
     here as itself.
     """
 
     name = "ray"
 
     def __init__(self, workers: int = 2, address: str | None = None, retries: int = 1,
-                 cpus_per_worker: int = 1):
+                 cpus_per_worker: int = 1, start_timeout: float = 600.0):
         if workers < 1 or cpus_per_worker < 1 or retries < 0:
             raise ValueError(f"ray executor: workers ({workers}) and cpus_per_worker "
                              f"({cpus_per_worker}) must be ≥ 1, retries ({retries}) ≥ 0")
         self.workers, self.address, self.retries = workers, address, retries
-        self.cpus_per_worker = cpus_per_worker
+        self.cpus_per_worker, self.start_timeout = cpus_per_worker, start_timeout
         self._ray = _import_ray()
         self._owns_runtime = self._connect()
         self._actors: list = []
@@ -149,7 +150,12 @@ class RayExecutor:
         self._actors = [self._new_actor(recipe) for _ in range(self.workers)]
         self._recipe = recipe
         try:
-            self._ray.get([a.ready.remote() for a in self._actors])
+            self._ray.get([a.ready.remote() for a in self._actors], timeout=self.start_timeout)
+        except self._ray.exceptions.GetTimeoutError:
+            self._kill_actors()
+            raise ExecutorError(f"{self.workers} Ray workers × {self.cpus_per_worker} CPU did not "
+                                f"start within {self.start_timeout:g} s: the cluster has no free "
+                                "CPUs for them (another executor's workers?)") from None
         except self._ray.exceptions.RayError as err:
             self._kill_actors()
             raise ExecutorError(f"a Ray worker could not load {recipe.name!r}: "

@@ -158,6 +158,16 @@ def test_ray_figures_give_the_local_frames(ray_ex, tmp_path):
 def test_bench_sweep_reports_both_times_on_the_same_frame(tiny_gpt2, ray_ex):
     from steerinterp.bench.sweep import bench_sweep
 
-    result = bench_sweep(tiny_gpt2, n_prompts=2, n_ppl=2, new_tokens=2, workers=2)
+    result = bench_sweep(tiny_gpt2, n_prompts=2, n_ppl=2, new_tokens=2, executor=ray_ex)
     assert result["conditions"] == 8 and result["same_frame"]
     assert result["local_s"] > 0 and result["ray_sweep_s"] > 0 and result["ray_start_s"] > 0
+
+
+def test_workers_without_free_cpus_are_an_error_not_a_wait(tiny_gpt2, ray_ex):
+    from steerinterp.executors import RayExecutor
+
+    ray_ex.map(tiny_gpt2, lambda m, s: None, [()])  # its 2 workers hold both CPUs
+    second = RayExecutor(workers=1, start_timeout=5)
+    with pytest.raises(ExecutorError, match="did not start within 5 s: the cluster has no free"):
+        second.map(tiny_gpt2, lambda m, s: None, [()])
+    second.close()
