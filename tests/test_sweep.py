@@ -135,3 +135,9 @@ def test_calibrate_saturates_when_everything_is_within_budget(tiny_gpt2, shift):
 def test_calibrate_rejects_a_bad_budget(tiny_gpt2, shift):
     with pytest.raises(ValueError, match="relative increase"):
         calibrate(tiny_gpt2, shift, PPL, ppl_budget=-0.1)
+
+
+def test_a_steerer_named_like_the_baseline_is_refused(tiny_gpt2, shift):
+    with pytest.raises(ValueError, match="'unsteered' names the unsteered baseline"):
+        sweep(tiny_gpt2, {"unsteered": shift}, [1.0], PROMPTS, PPL, SETTINGS,
+              scorer=length_scorer, progress=False)
