@@ -88,6 +88,8 @@ def test_bench_steer_auroc_lineas_on_tiny_model(tmp_path):
     (["fit", "--seed", "abc"], "Invalid value for '--seed'"),
     (["nosuchcmd"], "No such command 'nosuchcmd'"),
     (["calibrate"], "Missing option '--steerer'"),
+    (["fitsets", "--compare", "--kind", "prose"], "unknown fit-set kind(s) ['prose']"),
+    (["fitsets", "--compare", "-O", "causal_target=both"], "causal_target must be one of"),
     (["run", "--size", "smoke", "--sampling", "nucleus", "--model", "tiny-gpt2"],
      "unknown sampling 'nucleus'"),
     (["generate", "--model", "gpt2", "--prompts", "builtin:toxic_prompts", "--n", "2"],

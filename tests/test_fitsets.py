@@ -4,6 +4,7 @@ resumed, split by the scorer; every kind gives disjoint fit / held-out texts; ba
 The tiny random models produce no toxic text, so the scorer is replaced by a deterministic fake
 that calls a continuation toxic by a hash of its text (about a third each way)."""
 
+import json
 import hashlib
 
 import numpy as np
@@ -146,6 +147,12 @@ def test_compare_fit_sets_calibrates_evaluates_and_resumes(tiny_gpt2, tmp_path):
     assert (tmp_path / "fitsets.csv").exists()
     again = compare_fit_sets(tiny_gpt2, **kw)
     assert again["mean_score"].tolist() == frame["mean_score"].tolist()
+    # Map options name their rows and folders, and reach the fitted steerer.
+    other = compare_fit_sets(tiny_gpt2, **kw, options={"causal_target": "unsteered"})
+    assert other["options"].tolist() == ["causal_target=unsteered"]
+    saved = tmp_path / "steerers" / "wiki" / "mean_shift[causal_target=unsteered]"
+    assert json.loads((saved / "config.json").read_text())["config"]["causal_target"] == \
+        "unsteered"
 
 
 def test_the_shipped_pools_are_found_where_the_package_looks():

@@ -80,3 +80,28 @@ def test_save_load_keeps_causal(tiny_gpt2, tmp_path, causal):
     assert loaded.sites == fitted.sites
     for key, value in fitted.tensors.items():
         assert torch.equal(loaded.tensors[key], value), key
+
+
+def test_unsteered_target_lands_each_layer_on_the_untouched_target(tiny):
+    """``causal_target="unsteered"``: with one site per layer, the steered source's mean at
+    every site equals the unsteered model's target mean (the reference's default, a steered
+    target, does not: its target drifts with the earlier shifts)."""
+    sites = default_sites(tiny, "mean_shift")
+    sites = [s for s in sites if s.point == sites[-1].point]  # the last point of each layer
+    assert len({s.layer for s in sites}) == len(sites) > 1
+    target = collect(tiny, TARGET, sites, progress=False)
+    gaps = {}
+    for mode in ("unsteered", "steered"):
+        shift = make("mean_shift", sites=_spec(sites), causal_target=mode)
+        shift.fit(tiny, SOURCE, TARGET)
+        with steered(tiny, shift, strength=1.0):
+            src = collect(tiny, SOURCE, sites, progress=False)
+        gaps[mode] = [float((src[s].double().mean(0) - target[s].double().mean(0)).abs().max())
+                      for s in sites]
+    assert max(gaps["unsteered"]) < 1e-4
+    assert max(gaps["steered"][1:]) > 1e-3  # layer 0 is the same either way
+
+
+def test_unknown_causal_target_is_refused():
+    with pytest.raises(SteerError, match="causal_target must be one of steered, unsteered"):
+        make("linear_act", causal_target="both")

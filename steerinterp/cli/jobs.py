@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from .common import (ADDRESS, DEVICE, EXECUTOR, MODEL, PROMPT_TOKENS, WORKERS, _executor, _load,
-                     _log, _print_frame, app, console)
+                     _log, _options, _print_frame, app, console)
 
 @app.command()
 def sweep(
@@ -237,6 +237,11 @@ def fitsets(
                                              "at λ = 1) and write fitsets.csv."),
     n: int = typer.Option(64, help="Texts per side of each fit set."),
     n_prompts: int = typer.Option(96, help="Calibration prompts for --compare."),
+    kind: list[str] = typer.Option(None, "--kind", help="Fit-set kinds for --compare "
+                                                         "(repeatable; default: all)."),
+    option: list[str] = typer.Option(None, "--option", "-O",
+                                     help="Map option KEY=VALUE for --compare, e.g. "
+                                          "-O causal_target=unsteered (repeatable)."),
     export: Path = typer.Option(None, help="Also write the continuation pool to this .csv.gz "
                                            "(how the default model's packaged pool is made)."),
     out: Path = typer.Option(Path("results/fitsets"), "--out", "-o",
@@ -245,9 +250,18 @@ def fitsets(
 ) -> None:
     """Build the toxicity fit sets (samples and scores the model's continuations of the toxic
     fit prompts once; cached) and print how many toxic / clean texts the pool has."""
-    from ..experiments.fitsets import POOL_COLUMNS, continuation_pool, split_pool
+    from ..experiments.fitsets import KINDS, POOL_COLUMNS, continuation_pool, split_pool
+    from ..experiments.fitset_choice import METHODS
     from ..io import write_csv
+    from ..steer import make
 
+    unknown = sorted(set(kind or ()) - set(KINDS))
+    if unknown:  # refused before the model loads or the pool is sampled
+        raise typer.BadParameter(f"unknown fit-set kind(s) {unknown}; kinds: "
+                                 f"{', '.join(KINDS)}", param_hint="--kind")
+    opts = _options(option)
+    for method in METHODS:
+        make(method, **opts)
     m = _load(model, device)
     pool = split_pool(continuation_pool(m, log=_log))
     counts = pool["side"].replace("", "neither").value_counts()
@@ -260,7 +274,8 @@ def fitsets(
     if compare:
         from ..experiments.fitset_choice import compare_fit_sets
 
-        frame = compare_fit_sets(m, n=n, n_prompts=n_prompts, seed=seed, folder=out, log=_log)
-        cols = ["kind", "method", "strength", "delta_ppl_rel_at_1", "mean_score",
+        frame = compare_fit_sets(m, kinds=tuple(kind or KINDS), n=n, n_prompts=n_prompts,
+                                 seed=seed, folder=out, options=opts, log=_log)
+        cols = ["kind", "method", "options", "strength", "delta_ppl_rel_at_1", "mean_score",
                 "ratio_mean_score", "delta_ppl_rel"]
         _print_frame(frame[cols], f"fit sets on {model}: calibration split -> {out}")

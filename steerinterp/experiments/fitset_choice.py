@@ -44,11 +44,17 @@ def calibration_ppl_texts(n: int) -> list[str]:
 def compare_fit_sets(model: HookedTransformer, kinds=KINDS, methods=METHODS, n: int = 64,
                      n_prompts: int = 96, samples: int = 1, n_ppl: int = 32,
                      budget: float = 0.05, seed: int = 0, folder: str | Path = "results/fitsets",
-                     progress: bool = True, log=print) -> pd.DataFrame:
-    """One row per (kind, method, rule) with rule ``λ=1`` (PPL only) or ``PPL ≤ +5%``
-    (calibrated λ, toxicity of calibration prompts). Resumable: steerers, calibrations and
-    evaluations are saved under ``folder``; returns the frame also saved as ``fitsets.csv``."""
-    folder = Path(folder)
+                     options: dict | None = None, progress: bool = True,
+                     log=print) -> pd.DataFrame:
+    """One row per (kind, method): PPL at λ = 1, and the λ calibrated to ``budget`` with the
+    toxicity of calibration prompts there. ``options`` (e.g. ``{"causal_target":
+    "unsteered"}``) go to every method's config and name the rows (``options`` column) and
+    their cache folders. Resumable: steerers, calibrations and evaluations are saved under
+    ``folder``; returns the frame also saved as ``fitsets.csv``."""
+    folder, options = Path(folder), dict(options or {})
+    label = ",".join(f"{k}={v}" for k, v in sorted(options.items()))
+    for method in methods:  # a wrong option is refused before any work
+        make(method, **options)
     prompts = calibration_prompts()[:n_prompts]
     ppl_texts = calibration_ppl_texts(n_ppl)
     settings = EvalSettings(generation=GenerationSettings(samples=samples, seed=seed))
@@ -59,8 +65,9 @@ def compare_fit_sets(model: HookedTransformer, kinds=KINDS, methods=METHODS, n: 
     for kind in kinds:
         source, target = toxicity_fit_sets(model, n=n, kind=kind, seed=seed, log=log)
         for method in methods:
-            name = f"{kind}/{method}"
-            steerer = _fit_or_load(model, method, source, target, folder / "steerers" / name)
+            name = f"{kind}/{method}" + (f"[{label}]" if label else "")
+            steerer = _fit_or_load(model, method, options, source, target,
+                                   folder / "steerers" / name)
             one = perplexity(model, ppl_texts, steerer, strength=1.0, progress=False)
             cal = _calibrated(model, steerer, ppl_texts, budget, base_ppl,
                               folder / "calibration" / name)
@@ -69,7 +76,7 @@ def compare_fit_sets(model: HookedTransformer, kinds=KINDS, methods=METHODS, n: 
             cond = f"{name}@{cal['strength']:.3g}"
             evals.append(evaluate(model, steerer, strength=cal["strength"], condition=cond,
                                   folder=folder / "eval" / cond.replace("/", "_"), **kw))
-            rows.append({"condition": cond, "kind": kind, "method": method,
+            rows.append({"condition": cond, "kind": kind, "method": method, "options": label,
                          "strength": cal["strength"],
                          "ppl_at_1": float(one["ppl"].mean()),
                          "delta_ppl_rel_at_1": float(one["ppl"].mean() /
@@ -79,13 +86,13 @@ def compare_fit_sets(model: HookedTransformer, kinds=KINDS, methods=METHODS, n: 
     return frame
 
 
-def _fit_or_load(model, method: str, source, target, path: Path):
+def _fit_or_load(model, method: str, options: dict, source, target, path: Path):
     if (path / "config.json").exists():
         try:
             return load_steerer(path, model)
         except (SteerError, ValueError, FileNotFoundError):
             pass
-    steerer = make(method).fit(model, source, target)
+    steerer = make(method, **options).fit(model, source, target)
     steerer.save(path)
     return steerer
 

@@ -9,8 +9,15 @@ truncated forward passes (source + target) per layer group. Sites of one layer a
 together: the reference refits after every hooked module (so e.g. GPT-2's ``ln2`` also sees the
 same block's ``ln1`` map); grouping halves the passes for that difference.
 
-A method mixes :class:`CausalFit` in before its steerer base, gives its Config a ``causal:
-bool`` field, and implements only ``_fit_site(site, source, target)``::
+**Which target.** AcT's reference (``learn_intervention_all_incremental``) re-runs *every*
+text, source and target alike, through the earlier maps (``causal_target="steered"``, the
+default): each layer then maps steered source onto *steered* target. ``"unsteered"`` (our
+option, not the reference's) keeps the target as the untouched model's activations, so each
+layer also undoes the drift the earlier maps caused; the target is collected once, unsteered.
+
+A method mixes :class:`CausalFit` in before its steerer base, gives its Config ``causal:
+bool`` and ``causal_target: str`` fields, and implements only
+``_fit_site(site, source, target)``::
 
     class MeanShift(CausalFit, AffineSteerer): ...
 """
@@ -32,6 +39,8 @@ from ..store import ActivationStore
 from .apply import steered
 from .base import Steerer, SteerError
 
+CAUSAL_TARGETS = ("steered", "unsteered")  # module docstring
+
 
 def layer_groups(sites: list[Site]) -> list[list[Site]]:
     """``sites`` grouped by layer, groups and members in forward-pass order."""
@@ -43,6 +52,12 @@ class CausalFit(Steerer):
     """Mixin: ``fit`` runs causal estimation when ``config.causal`` (texts only), else one
     simultaneous fit from a single unsteered pass (texts or ActivationStores). Either way every
     site is fitted by the method's ``_fit_site``."""
+
+    def __init__(self, config=None, **kw) -> None:
+        super().__init__(config, **kw)
+        if self.config.causal_target not in CAUSAL_TARGETS:
+            raise SteerError(f"causal_target must be one of {', '.join(CAUSAL_TARGETS)}, got "
+                             f"{self.config.causal_target!r}")
 
     def _fit_site(self, site: Site, source: Float[torch.Tensor, "n d"],
                   target: Float[torch.Tensor, "m d"]) -> None:
@@ -63,6 +78,8 @@ class CausalFit(Steerer):
                 f"({role}): each layer is fitted on activations re-collected with the earlier "
                 "layers' maps active. Pass the texts, or causal=False to fit from stores "
                 "(simultaneous estimation)")
+        if role == "target" and self.config.causal_target == "unsteered":
+            return super().as_store(model, data, sites, role)  # every site, once
         return super().as_store(model, data, layer_groups(sites)[0], role)
 
     # -- fitting -----------------------------------------------------------------------------
@@ -77,15 +94,17 @@ class CausalFit(Steerer):
         for i, group in enumerate(tqdm(groups, desc=f"{self.method} (causal)", unit="layer",
                                        disable=len(groups) < 2)):
             if i > 0:  # the first group was collected unsteered by as_store
-                source, target = self._collect_under(model, done, group, source.texts,
-                                                     target.texts)
+                source, target_now = self._collect_under(model, done, group, source.texts,
+                                                         target.texts)
+                if self.config.causal_target == "steered":
+                    target = target_now
             for site in group:
                 self._fit_site(site, source[site], target[site])
             done.extend(group)
 
     def _collect_under(self, model: HookedTransformer, done: list[Site], group: list[Site],
                        source_texts: list[str], target_texts: list[str]
-                       ) -> tuple[ActivationStore, ActivationStore]:
+                       ) -> tuple[ActivationStore, ActivationStore | None]:
         """Source and target activations at ``group`` with the maps at ``done`` active.
 
         Earlier maps run at λ = 1: the maps are the full transport (the reference learns with
@@ -95,8 +114,10 @@ class CausalFit(Steerer):
         partial = self._partial(model, done)
         base_as_store = super().as_store  # the plain collection, not the causal override
         with steered(model, partial, strength=1.0):
-            return (base_as_store(model, source_texts, group, "source"),
-                    base_as_store(model, target_texts, group, "target"))
+            source = base_as_store(model, source_texts, group, "source")
+            if self.config.causal_target == "unsteered":
+                return source, None  # the target was collected once, unsteered
+            return source, base_as_store(model, target_texts, group, "target")
 
     def _partial(self, model: HookedTransformer, done: list[Site]) -> CausalFit:
         """A fitted copy of this steerer restricted to the sites in ``done`` (copies, so that

@@ -33,6 +33,7 @@ from .causal import CausalFit, layer_groups  # noqa: F401  (layer_groups: re-exp
 class LinearActConfig(SteerConfig):
     support: bool = True  # transport only inside the source range Q_o = [min, max] (AcT §3.1)
     causal: bool = True  # fit layer by layer with earlier maps active (AcT §3.2); needs texts
+    causal_target: str = "steered"  # or "unsteered" (causal.py: which target each layer fits)
 
 
 @register

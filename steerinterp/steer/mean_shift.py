@@ -26,6 +26,7 @@ from .causal import CausalFit
 class MeanShiftConfig(SteerConfig):
     support: bool = False  # restrict to the source range Q_o = [min, max] (AcT §3.1)
     causal: bool = True  # fit layer by layer with earlier shifts active (AcT §3.2); needs texts
+    causal_target: str = "steered"  # or "unsteered" (causal.py: which target each layer fits)
 
 
 @register
