@@ -211,9 +211,10 @@ def test_plot_from_frames(tmp_path, frame):
 
 def test_figures_quick_diagnosis(tmp_path):
     paths = figures.make_figures(load_model("tiny-gpt2"), tmp_path / "figures",
-                                 cache=tmp_path / "cache", only=["diagnosis"], size="quick",
-                                 log=lambda msg: None)
-    assert {p.stem for p in paths} == {f"diagnosis_{m}" for m in ("mean_shift", "linear_act")}
+                                 cache=tmp_path / "cache", only=["diagnosis", "diagnosis_lineas"],
+                                 size="quick", log=lambda msg: None)
+    assert {p.stem for p in paths} == {f"diagnosis_{m}"
+                                       for m in ("mean_shift", "linear_act", "lineas")}
     for p in paths:
         df = pd.read_csv(p.with_suffix(".csv"))
         assert list(df.columns) == DIAGNOSIS_COLUMNS and df["w2_before"].notna().all()

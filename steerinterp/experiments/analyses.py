@@ -274,6 +274,25 @@ def _draw_diagnosis(frames):
 analysis("diagnosis", reads=(*FIT_SET, "n_attr"))((_diagnosis, _draw_diagnosis))
 
 
+def _diagnosis_lineas(ctx: Context) -> dict[str, pd.DataFrame]:
+    """The same diagnosis for LinEAS (issue 12: where its PPL cost comes from), on the γ = 0
+    fit of the sparsity path (the plain reference recipe; cached there)."""
+    from ..analysis import diagnose
+    from .fitset_choice import calibration_ppl_texts
+
+    gammas = list(ctx.z.gammas)
+    lineas = (_lineas_path(ctx)[gammas.index(0.0)] if 0.0 in gammas else
+              ctx.steerer("lineas", steps=ctx.z.lineas_steps, seed=ctx.seed,
+                          precision=ctx.z.lineas_precision))
+    ppl = calibration_ppl_texts(2 * ctx.z.n_attr)
+    source, target = ctx.texts(held_out=True)
+    return {"diagnosis_lineas": diagnose(ctx.model, lineas, ppl, source, target, strength=1.0,
+                                         progress=False)}
+
+
+analysis("diagnosis_lineas", reads=(*LINEAS_PATH, "n_attr"))((_diagnosis_lineas, _draw_diagnosis))
+
+
 def _fronts(ctx: Context) -> dict[str, pd.DataFrame]:
     from ..data import load_texts
     from .fronts import FRONT_METHODS, front_steerers, fronts
