@@ -386,3 +386,24 @@ def test_real_gemma_steered_hf_generate_gives_our_tokens():
                             new_tokens=6, repeats=1, tl_layout=False)
     assert result["steer_site"] == "L9.resid_pre"
     assert result["hf_n_differ"] == 0 and result["n_differ"] == 0, result
+    # No loop streams the weights faster than one bare pass over them.
+    assert result["hf_steered_tok_per_s"] < result["weight_floor_tok_per_s"]
+
+
+def test_weight_pass_counts_a_tied_unembedding_once():
+    """``weight_pass_s`` multiplies by each distinct ``nn.Linear`` weight once: tying the
+    unembedding to the embedding leaves one big matrix, not two."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from steerinterp.bench import generate as bench
+
+    cfg = LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=2, tie_word_embeddings=True)
+    hf = LlamaForCausalLM(cfg).eval()
+    seen = []
+    real = torch.nn.functional.linear
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(torch.nn.functional, "linear", lambda x, w: seen.append(w.shape) or real(x, w))
+        assert bench.weight_pass_s(hf, batch=3, repeats=1) > 0
+    # q, k, v, o, gate, up, down and lm_head, twice (the dropped warm-up and one timed round)
+    assert len(seen) == 2 * 8 and seen.count(torch.Size([64, 16])) == 2

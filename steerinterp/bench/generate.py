@@ -123,6 +123,27 @@ def _steered_runs(model: HookedTransformer, batches, new_tokens: int, settings) 
             "ours_steered": lambda: _ours_steered(model, batches, settings, actadd)}
 
 
+@torch.inference_mode()
+def weight_pass_s(hf, batch: int, repeats: int = 5) -> float:
+    """Median seconds to multiply a ``batch``-row input by every ``nn.Linear`` weight of ``hf``
+    once (the unembedding included, a tied one once): the least a decode step of that batch
+    must do at this precision, since each step reads every weight. Attention over the cache,
+    norms and sampling come on top, so no loop on these weights beats ``batch`` tokens per
+    this many seconds."""
+    weights = {id(m.weight): m.weight for m in hf.modules() if isinstance(m, torch.nn.Linear)}
+    inputs = [(torch.randn(batch, w.shape[1], dtype=w.dtype, device=w.device), w)
+              for w in weights.values()]
+    times = []
+    for _ in range(repeats + 1):  # the first round warms the allocator, and is dropped
+        sync(str(inputs[0][1].device))
+        t0 = time.perf_counter()
+        for x, w in inputs:
+            torch.nn.functional.linear(x, w)
+        sync(str(inputs[0][1].device))
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times[1:])
+
+
 def bench_generate(model: HookedTransformer, n_prompts: int = 8, new_tokens: int = 32,
                    repeats: int = 3, batch_size: int = 16, seed: int = 0,
                    tl_layout: bool = True, hf: bool = True) -> dict:
@@ -138,7 +159,9 @@ def bench_generate(model: HookedTransformer, n_prompts: int = 8, new_tokens: int
     ``ratio`` = TL seconds / ours (``ratio_vs_tl_layout`` likewise). ``identical`` says
     whether every greedy token agreed (``n_differ`` counts those that did not): reported, never
     raised. With ``hf`` and an HF copy of the weights: ``hf_steered`` / ``ours_steered`` (module
-    docstring), ``ratio_vs_hf`` = HF seconds / ours, and ``hf_n_differ`` between the two.
+    docstring), ``ratio_vs_hf`` = HF seconds / ours, ``hf_n_differ`` between the two, and
+    ``weight_floor_tok_per_s``: one batch over :func:`weight_pass_s`, the throughput no decode
+    loop on these weights at this precision reaches on this machine.
     """
     device = str(model.cfg.device)
     prompts = load_texts("toxic_prompts", n=n_prompts, seed=seed)
@@ -171,7 +194,9 @@ def bench_generate(model: HookedTransformer, n_prompts: int = 8, new_tokens: int
     med = {k: statistics.median(v) for k, v in wall.items()}
     steer = {}
     if "hf_steered" in runs:
-        steer = {"ratio_vs_hf": med["hf_steered"] / med["ours_steered"],
+        floor_s = weight_pass_s(runs["hf_steered"].args[0], min(batch_size, len(ids)))
+        steer = {"weight_floor_tok_per_s": min(batch_size, len(ids)) / floor_s,
+                 "ratio_vs_hf": med["hf_steered"] / med["ours_steered"],
                  "hf_n_differ": sum(int((a != b).sum()) for a, b in
                                     zip(outputs["hf_steered"], outputs["ours_steered"])),
                  "steer_site": runs["hf_steered"].site}
