@@ -8,6 +8,7 @@ import json
 import hashlib
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from steerinterp.experiments import fitsets
@@ -79,10 +80,13 @@ def test_continuation_sets_are_disjoint_reproducible_and_scored(tiny_gpt2, fake)
     assert not set(src) & set(held_src) and not set(tgt) & set(held_tgt)
     assert toxicity_fit_sets(tiny_gpt2, n=4, settings=cfg, progress=False) == (src, tgt)
     bigger = toxicity_fit_sets(tiny_gpt2, n=8, settings=cfg, progress=False)
-    assert bigger[0][:4] == src and bigger[0][4:] == held_src  # a larger n extends
+    assert bigger[0][:4] == src and bigger[1][:4] == tgt  # a larger n extends
     pool = split_pool(continuation_pool(tiny_gpt2, cfg, progress=False), cfg)
     side = dict(zip(pool["text"], pool["side"]))
     assert {side[t] for t in src} == {"source"} and {side[t] for t in tgt} == {"target"}
+    # Held out at the prompt level: no held-out text continues a prompt a fit text continues.
+    prompt = dict(zip(pool["text"], pool["prompt_id"]))
+    assert not {prompt[t] for t in src + tgt} & {prompt[t] for t in held_src + held_tgt}
 
 
 def test_paired_sets_share_their_prompts(tiny_gpt2, fake):
@@ -112,6 +116,19 @@ def test_too_few_toxic_continuations_is_named(tiny_gpt2, monkeypatch, tmp_path):
     monkeypatch.setattr(scorers, "load_scorer", lambda *a, **k: FakeScorer(fixed=0.05))
     with pytest.raises(FitSetError, match=r"found 0 toxic \(> 0.5\) and 16 non-toxic"):
         toxicity_fit_sets(tiny_gpt2, n=4, settings=SMALL, progress=False)
+
+
+def test_too_few_prompts_left_for_held_out_texts_is_named(tiny_gpt2, monkeypatch):
+    """Enough continuations, but every one continues a prompt the fit texts use: held-out
+    texts would share those prompts, so the shortfall is named instead."""
+    rows = [{"prompt_id": p, "prompt": f"p{p}", "sample": k, "continuation": f" c{k}",
+             "score": 0.9 if p == 0 else 0.01, "text": f"p{p} c{k}"}
+            for p in (0, 1) for k in range(4)]
+    monkeypatch.setattr(fitsets, "continuation_pool", lambda *a, **k: pd.DataFrame(rows))
+    assert len(toxicity_fit_sets(tiny_gpt2, n=2, settings=SMALL)[0]) == 2
+    with pytest.raises(FitSetError, match="found 0 toxic .* continuations of prompts that no "
+                                          "fit text continues"):
+        toxicity_fit_sets(tiny_gpt2, n=2, held_out=True, settings=SMALL)
 
 
 def test_bad_kind_and_n(tiny_gpt2):

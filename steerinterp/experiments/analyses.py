@@ -271,7 +271,8 @@ def _draw_diagnosis(frames):
     return {name: (plot_diagnosis(frame), frame) for name, frame in frames.items()}
 
 
-analysis("diagnosis", reads=(*FIT_SET, "n_attr"))((_diagnosis, _draw_diagnosis))
+# revision 1: held-out texts share no prompt with the fit texts (fitsets.toxicity_fit_sets)
+analysis("diagnosis", reads=(*FIT_SET, "n_attr"), revision=1)((_diagnosis, _draw_diagnosis))
 
 
 def _diagnosis_lineas(ctx: Context) -> dict[str, pd.DataFrame]:
@@ -334,7 +335,9 @@ def _lineas_convergence(ctx: Context) -> dict[str, pd.DataFrame]:
     # Toxicity and PPL on the calibration split (never the evaluation prompts): choosing the
     # schedule is calibration.
     at_end = calibration_evaluator(ctx)
-    cache = ctx.cache / "convergence" / f"{z.fit_set}-{z.n_texts}-{fz.n_prompts}x{fz.samples}"
+    # "-h2": held-out texts of prompts no fit text continues (the earlier cache predates it)
+    cache = (ctx.cache / "convergence" /
+             f"{z.fit_set}-{z.n_texts}-{fz.n_prompts}x{fz.samples}-h2")
     parts = []
     for precision, schedules in (("fp32", z.convergence), ("bf16", z.convergence_bf16)):
         if schedules:  # bf16 (our speed-up, not the reference's) is checked against fp32 here

@@ -170,9 +170,11 @@ def toxicity_fit_sets(model: HookedTransformer, n: int = 64, kind: str = DEFAULT
     """``(source, target)`` texts of ``n`` each for the toxicity concept (module docstring).
 
     ``seed`` picks which texts (reproducibly: a seeded shuffle, so a larger ``n`` extends a
-    smaller one); ``held_out=True`` gives the *next* ``n`` of the same shuffle, disjoint from
-    the fit texts (for held-out W2 and diagnoses). The continuation pool itself is sampled once
-    per model with ``settings.seed``.
+    smaller one); ``held_out=True`` gives ``n`` others for held-out W2 and diagnoses: the next
+    ones of the same shuffle, and for ``continuations`` only those of prompts that no fit text
+    (of either side) continues, since two continuations of one prompt share most of their
+    tokens (``paired`` has one pair per prompt, so its next pairs already are). The
+    continuation pool itself is sampled once per model with ``settings.seed``.
     """
     if kind not in KINDS:
         raise FitSetError(f"unknown fit-set kind {kind!r}; kinds: {', '.join(KINDS)}")
@@ -184,10 +186,16 @@ def toxicity_fit_sets(model: HookedTransformer, n: int = 64, kind: str = DEFAULT
     pool = split_pool(continuation_pool(model, settings, progress, log), settings)
     if kind == "paired":
         return _paired(pool, n, seed, skip, settings)
-    src = pool.loc[pool["side"] == "source", "text"].tolist()
-    tgt = pool.loc[pool["side"] == "target", "text"].tolist()
+    src, tgt = ([(t, p) for t, p in pool.loc[pool["side"] == side, ["text", "prompt_id"]]
+                 .itertuples(index=False, name=None)] for side in ("source", "target"))
     _enough(len(src), len(tgt), n + skip, settings)
-    return _draw(src, n, seed, skip), _draw(tgt, n, seed + 1, skip)
+    src, tgt = _draw(src, len(src), seed), _draw(tgt, len(tgt), seed + 1)  # seeded orders
+    if held_out:  # after the fit texts, skipping every prompt they continue (docstring)
+        used = {p for _, p in src[:n] + tgt[:n]}
+        src, tgt = ([x for x in side[n:] if x[1] not in used] for side in (src, tgt))
+        _enough(len(src), len(tgt), n, settings,
+                "continuations of prompts that no fit text continues")
+    return [t for t, _ in src[:n]], [t for t, _ in tgt[:n]]
 
 
 def _draw(texts: list, n: int, seed: int, skip: int = 0) -> list:
