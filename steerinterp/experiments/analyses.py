@@ -361,5 +361,6 @@ def _draw_lineas_convergence(frames):
                                    points)}
 
 
-analysis("lineas_convergence", reads=(*FIT_SET, "fronts", "convergence", "convergence_bf16"))(
+analysis("lineas_convergence", reads=(*FIT_SET, "fronts", "convergence", "convergence_bf16"),
+         revision=1)(
     (_lineas_convergence, _draw_lineas_convergence))
