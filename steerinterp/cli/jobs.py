@@ -84,7 +84,7 @@ def run(
     model: str = MODEL,
     size: str = typer.Option("default", help="smoke (seconds, tests) | demo (`steerinterp demo`'s"
                                              " size; measured on a 2-core CPU: 20 min with the "
-                                             "+5% rows, 17 min at λ = 1 only) | "
+                                             "+5% rows, 12.6-17 min at λ = 1 only) | "
                                              "default (measured on a 2-core CPU: "
                                              "28 min for aura, mean_shift, linear_act, "
                                              "dsas+linear_act; LinEAS adds ~12 min of "
@@ -145,8 +145,9 @@ def demo(
 ) -> None:
     """The main job at watching size (what `make demo` runs): AurA, Linear-AcT, LinEAS (250
     steps, converged) and DSAS over Linear-AcT, fitted on 32 + 32 texts, each evaluated on 40
-    held-out prompts at the papers' λ = 1; prints the results table. Measured: 17 min on
-    gemma-3-270m on a 2-core CPU (LinEAS's converged fit is 11.7 min of it). `run --size demo`
+    held-out prompts at the papers' λ = 1; prints the results table. Measured on gemma-3-270m
+    on a 2-core CPU: 12 min 35 s (LinEAS's converged fit 8.3 min of it); 17 min in an earlier
+    session on a slower day of the same machine. `run --size demo`
     is the same with the +5% PPL rows. Resumes like `run`."""
     from ..experiments.job import DEMO_METHODS, JobSpec, run_job
     from ..io import ensure_writable_dir
