@@ -32,6 +32,18 @@ def test_figures_quick_fronts(model, tmp_path):
     assert df.loc[df["method"] != "unsteered", "gated"].sum() == points * len(FRONT_DSAS)
 
 
+def test_figures_quick_fronts_lineas(model, tmp_path):
+    """LinEAS, DSAS over it and E2E-DSAS on the same grid; E2E-DSAS runs to its stretched top."""
+    paths = figures.make_figures(model, tmp_path / "figures", cache=tmp_path / "cache",
+                                 only=["fronts_lineas"], size="quick", log=lambda msg: None)
+    assert [p.stem for p in paths] == ["fronts_lineas"]
+    df = pd.read_csv(paths[0].with_suffix(".csv"))
+    assert set(df["method"]) == {"lineas", "dsas+lineas", "e2e-dsas", "unsteered"}
+    tops = df.groupby("method")["strength"].max()
+    assert tops["lineas"] == 1.0 and tops["e2e-dsas"] == 2.0 and tops["dsas+lineas"] == 2.0
+    assert len(df) == 1 + 3 * figures.FIGURE_SIZES["quick"].fronts.points
+
+
 def test_strength_grid_and_its_errors(model, two_sets):
     source, target = two_sets
     ms = make("mean_shift").fit(model, source, target)

@@ -275,16 +275,23 @@ def _draw_diagnosis(frames):
 analysis("diagnosis", reads=(*FIT_SET, "n_attr"), revision=1)((_diagnosis, _draw_diagnosis))
 
 
+def _plain_lineas(ctx: Context) -> Lineas:
+    """LinEAS without sparsity at the size's schedule: the γ = 0 fit of the sparsity path
+    (cached there), or its own fit where the path has no γ = 0."""
+    gammas = list(ctx.z.gammas)
+    if 0.0 in gammas:
+        return _lineas_path(ctx)[gammas.index(0.0)]
+    return ctx.steerer(f"lineas-{ctx.z.lineas_steps}-{ctx.z.lineas_precision}", "lineas",
+                       steps=ctx.z.lineas_steps, seed=ctx.seed, precision=ctx.z.lineas_precision)
+
+
 def _diagnosis_lineas(ctx: Context) -> dict[str, pd.DataFrame]:
-    """The same diagnosis for LinEAS (issue 12: where its PPL cost comes from), on the γ = 0
-    fit of the sparsity path (the plain reference recipe; cached there)."""
+    """The same diagnosis for LinEAS (issue 12: where its PPL cost comes from), on
+    :func:`_plain_lineas` (the reference recipe)."""
     from ..analysis import diagnose
     from .fitset_choice import calibration_ppl_texts
 
-    gammas = list(ctx.z.gammas)
-    lineas = (_lineas_path(ctx)[gammas.index(0.0)] if 0.0 in gammas else
-              ctx.steerer("lineas", steps=ctx.z.lineas_steps, seed=ctx.seed,
-                          precision=ctx.z.lineas_precision))
+    lineas = _plain_lineas(ctx)
     ppl = calibration_ppl_texts(2 * ctx.z.n_attr)
     source, target = ctx.texts(held_out=True)
     return {"diagnosis_lineas": diagnose(ctx.model, lineas, ppl, source, target, strength=1.0,
@@ -321,6 +328,43 @@ def _draw_fronts(frames):
 
 
 analysis("fronts", reads=(*FIT_SET, "fronts"))((_fronts, _draw_fronts))
+
+
+def _fronts_lineas(ctx: Context) -> dict[str, pd.DataFrame]:
+    """LinEAS, DSAS over it and E2E-DSAS (gates and maps trained together, same schedule) on
+    the fronts' grid, split and cache (the unsteered row is shared): issue 12's "E2E-DSAS's
+    front at or below LinEAS's"."""
+    from ..data import load_texts
+    from .fronts import front_steerers, fronts
+    from .job import eval_prompts, max_prompt_tokens
+
+    z, fz = ctx.z, ctx.z.fronts
+    source, _ = ctx.texts()
+    control = load_control(ctx)
+    e2e = ctx.steerer(f"e2e_dsas-{z.lineas_steps}-{z.lineas_precision}", "dsas", e2e=True,
+                      control=control, steps=z.lineas_steps, seed=ctx.seed,
+                      precision=z.lineas_precision)
+    steerers = front_steerers(ctx.model, {"lineas": _plain_lineas(ctx)}, source, control,
+                              dsas_bases=("lineas",))
+    steerers["e2e-dsas"] = e2e
+    prompts = eval_prompts(ctx.model, fz.n_prompts, ctx.seed,
+                           max_prompt_tokens(ctx.model, fz.new_tokens), "the fronts")
+    frame = fronts(ctx.model, steerers, prompts, load_texts("wiki_ppl")[:fz.n_ppl], fz,
+                   seed=ctx.seed, cache_dir=ctx.cache / "fronts")
+    frame.attrs["title"] = (f"{ctx.model.cfg.model_name}: LinEAS and E2E-DSAS λ sweeps, "
+                            f"{fz.n_prompts} held-out prompts × {fz.samples}, PPL on "
+                            f"{fz.n_ppl} texts")
+    return {"fronts_lineas": frame}
+
+
+def _draw_fronts_lineas(frames):
+    from ..plots import plot_fronts
+
+    frame = frames["fronts_lineas"]
+    return {"fronts_lineas": (plot_fronts(frame, title=frame.attrs.get("title")), frame)}
+
+
+analysis("fronts_lineas", reads=(*LINEAS_PATH, "fronts"))((_fronts_lineas, _draw_fronts_lineas))
 
 __all__ = ["EXAMPLES", "parse_sites"]
 

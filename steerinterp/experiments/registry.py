@@ -67,13 +67,16 @@ class Context:
         random.Random(self.seed).shuffle(order)
         return [pool[i] for i in order[:n]]
 
-    def steerer(self, name: str, method: str | None = None, **options) -> Steerer:
-        """Fit (or load from the cache) a steerer on the fit sets."""
+    def steerer(self, name: str, method: str | None = None, control: list[str] | None = None,
+                **options) -> Steerer:
+        """Fit (or load from the cache) a steerer on the fit sets (and ``control`` texts, for
+        the methods that read them). ``name`` is the cache key: put every option in it."""
         if name in self._steerers:
             return self._steerers[name]
         def fit() -> Steerer:
             self.log(f"[figures] fitting {name}")
-            return make(method or name, **options).fit(self.model, *self.texts())
+            return make(method or name, **options).fit(self.model, *self.texts(),
+                                                       control=control)
 
         self._steerers[name] = load_or_fit(self.cache / "steerers" / name, self.model, fit)
         return self._steerers[name]
