@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 
 import steerinterp.experiments.figures as figures
 from steerinterp.experiments import registry
-from steerinterp.experiments.analyses import _sparsest_active
+from steerinterp.experiments.analyses_lineas import _sparsest_active
 from steerinterp.cli import app
 from steerinterp.models import load_model
 

@@ -12,7 +12,7 @@ from transformer_lens import HookedTransformer
 
 from ..executors import Executor, LocalExecutor
 from ..io import ensure_writable_dir
-from . import analyses  # noqa: F401  (registers the analyses)
+from . import analyses, analyses_lineas  # noqa: F401  (registers the analyses)
 from .registry import ANALYSES, Context, _frames
 from .sizes import FIGURE_SIZES, FigureSize
 
