@@ -22,26 +22,16 @@ def test_figures_quick_fronts(model, tmp_path):
     assert [p.stem for p in paths] == ["fronts"] and paths[0].stat().st_size > 2000
     df = pd.read_csv(paths[0].with_suffix(".csv"))
     points = figures.FIGURE_SIZES["quick"].fronts.points
-    expected = {*FRONT_METHODS, *(f"dsas+{m}" for m in FRONT_DSAS), "unsteered"}
-    assert set(df["method"]) == expected
+    expected = {*FRONT_METHODS, *(f"dsas+{m}" for m in FRONT_DSAS), "e2e-dsas", "unsteered"}
+    assert "lineas" in FRONT_METHODS and set(df["method"]) == expected
     assert len(df) == 1 + points * (len(expected) - 1)
-    # maps sweep up to λ = 1; their DSAS variants up to the stretched top (gates scale λ down)
+    # maps sweep up to λ = 1; their DSAS variants (E2E-DSAS too) up to the stretched top
     tops = df.groupby("method")["strength"].max()
     assert tops["linear_act"] == 1.0 and tops["dsas+linear_act"] == 2.0
+    assert tops["lineas"] == 1.0 and tops["e2e-dsas"] == 2.0
     assert df["diff_accuracy"].notna().sum() == len(df) - 1  # utility measured per condition
     assert df.loc[df["method"] != "unsteered", "gated"].sum() == points * len(FRONT_DSAS)
-
-
-def test_figures_quick_fronts_lineas(model, tmp_path):
-    """LinEAS, DSAS over it and E2E-DSAS on the same grid; E2E-DSAS runs to its stretched top."""
-    paths = figures.make_figures(model, tmp_path / "figures", cache=tmp_path / "cache",
-                                 only=["fronts_lineas"], size="quick", log=lambda msg: None)
-    assert [p.stem for p in paths] == ["fronts_lineas"]
-    df = pd.read_csv(paths[0].with_suffix(".csv"))
-    assert set(df["method"]) == {"lineas", "dsas+lineas", "e2e-dsas", "unsteered"}
-    tops = df.groupby("method")["strength"].max()
-    assert tops["lineas"] == 1.0 and tops["e2e-dsas"] == 2.0 and tops["dsas+lineas"] == 2.0
-    assert len(df) == 1 + 3 * figures.FIGURE_SIZES["quick"].fronts.points
+    assert not df.loc[df["method"] == "e2e-dsas", "gated"].any()  # its own front, not a gate
 
 
 def test_strength_grid_and_its_errors(model, two_sets):

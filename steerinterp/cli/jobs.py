@@ -187,7 +187,7 @@ def figures(
     only: str = typer.Option(None, help="Comma-separated analyses: auroc, sparsity, "
                                         "aura_lineas, token_scales, sae, attribution, "
                                         "diagnosis, diagnosis_lineas, fronts, "
-                                        "fronts_lineas, lineas_convergence (default: all)."),
+                                        "lineas_convergence (default: all)."),
     out: Path = typer.Option(Path("figures"), "--out", "-o", help="Figures folder."),
     cache: Path = typer.Option(None, help="Where analysis frames and fitted steerers are "
                                           "cached (default: results/figures/<model>-<size>)."),

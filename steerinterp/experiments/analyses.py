@@ -204,33 +204,4 @@ def _draw_diagnosis(frames):
 analysis("diagnosis", reads=(*FIT_SET, "n_attr"), revision=1)((_diagnosis, _draw_diagnosis))
 
 
-def _fronts(ctx: Context) -> dict[str, pd.DataFrame]:
-    from ..data import load_texts
-    from .fronts import FRONT_METHODS, front_steerers, fronts
-    from .job import eval_prompts, max_prompt_tokens
-
-    z = ctx.z.fronts
-    source, _ = ctx.texts()
-    steerers = front_steerers(ctx.model, {m: ctx.steerer(m) for m in FRONT_METHODS}, source,
-                              load_control(ctx))
-    # The main job's evaluation split: held-out prompts, the head of wiki_ppl.
-    prompts = eval_prompts(ctx.model, z.n_prompts, ctx.seed,
-                           max_prompt_tokens(ctx.model, z.new_tokens), "the fronts")
-    frame = fronts(ctx.model, steerers, prompts, load_texts("wiki_ppl")[:z.n_ppl], z,
-                   seed=ctx.seed, cache_dir=ctx.cache / "fronts")
-    frame.attrs["title"] = (f"{ctx.model.cfg.model_name}: λ sweeps, {z.n_prompts} held-out "
-                            f"prompts × {z.samples}, PPL on {z.n_ppl} texts")
-    return {"fronts": frame}
-
-
-def _draw_fronts(frames):
-    from ..plots import plot_fronts
-
-    frame = frames["fronts"]
-    return {"fronts": (plot_fronts(frame, title=frame.attrs.get("title")), frame)}
-
-
-analysis("fronts", reads=(*FIT_SET, "fronts"))((_fronts, _draw_fronts))
-
-
 __all__ = ["EXAMPLES", "parse_sites"]

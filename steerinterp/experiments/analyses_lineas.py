@@ -1,6 +1,6 @@
 """The LinEAS analyses ``steerinterp figures`` draws (issue 12): the γ path's sparsity and its
-overlap with AurA, the per-site diagnosis, the λ fronts with DSAS and E2E-DSAS, and training
-to convergence. Registered like those in :mod:`.analyses`, whose helpers they share."""
+overlap with AurA, the per-site diagnosis, the λ fronts of every method (here because they
+include LinEAS and E2E-DSAS), and training to convergence. Registered like those in :mod:`.analyses`, whose helpers they share."""
 
 from __future__ import annotations
 
@@ -107,41 +107,41 @@ def _diagnosis_lineas(ctx: Context) -> dict[str, pd.DataFrame]:
 analysis("diagnosis_lineas", reads=(*LINEAS_PATH, "n_attr"))((_diagnosis_lineas, _draw_diagnosis))
 
 
-def _fronts_lineas(ctx: Context) -> dict[str, pd.DataFrame]:
-    """LinEAS, DSAS over it and E2E-DSAS (gates and maps trained together, same schedule) on
-    the fronts' grid, split and cache (the unsteered row is shared): issue 12's "E2E-DSAS's
-    front at or below LinEAS's"."""
+def _fronts(ctx: Context) -> dict[str, pd.DataFrame]:
+    """Every front on one figure (issue 11; issue 12's "E2E-DSAS at or below LinEAS"): the
+    maps of ``FRONT_METHODS`` (LinEAS: :func:`_plain_lineas`), DSAS over each of
+    ``FRONT_DSAS``, and E2E-DSAS (gates and LinEAS maps trained together, same schedule), on
+    the main job's evaluation split. Conditions are cached one by one, so adding a method
+    computes only its points."""
     from ..data import load_texts
-    from .fronts import front_steerers, fronts
+    from .fronts import FRONT_DSAS, FRONT_METHODS, front_steerers, fronts
     from .job import eval_prompts, max_prompt_tokens
 
     z, fz = ctx.z, ctx.z.fronts
     source, _ = ctx.texts()
     control = load_control(ctx)
-    e2e = ctx.steerer(f"e2e_dsas-{z.lineas_steps}-{z.lineas_precision}", "dsas", e2e=True,
-                      control=control, steps=z.lineas_steps, seed=ctx.seed,
-                      precision=z.lineas_precision)
-    steerers = front_steerers(ctx.model, {"lineas": _plain_lineas(ctx)}, source, control,
-                              dsas_bases=("lineas",))
-    steerers["e2e-dsas"] = e2e
+    fitted = {m: _plain_lineas(ctx) if m == "lineas" else ctx.steerer(m) for m in FRONT_METHODS}
+    steerers = front_steerers(ctx.model, fitted, source, control, dsas_bases=FRONT_DSAS)
+    steerers["e2e-dsas"] = ctx.steerer(f"e2e_dsas-{z.lineas_steps}-{z.lineas_precision}",
+                                       "dsas", e2e=True, control=control, steps=z.lineas_steps,
+                                       seed=ctx.seed, precision=z.lineas_precision)
     prompts = eval_prompts(ctx.model, fz.n_prompts, ctx.seed,
                            max_prompt_tokens(ctx.model, fz.new_tokens), "the fronts")
     frame = fronts(ctx.model, steerers, prompts, load_texts("wiki_ppl")[:fz.n_ppl], fz,
                    seed=ctx.seed, cache_dir=ctx.cache / "fronts")
-    frame.attrs["title"] = (f"{ctx.model.cfg.model_name}: LinEAS and E2E-DSAS λ sweeps, "
-                            f"{fz.n_prompts} held-out prompts × {fz.samples}, PPL on "
-                            f"{fz.n_ppl} texts")
-    return {"fronts_lineas": frame}
+    frame.attrs["title"] = (f"{ctx.model.cfg.model_name}: λ sweeps, {fz.n_prompts} held-out "
+                            f"prompts × {fz.samples}, PPL on {fz.n_ppl} texts")
+    return {"fronts": frame}
 
 
-def _draw_fronts_lineas(frames):
+def _draw_fronts(frames):
     from ..plots import plot_fronts
 
-    frame = frames["fronts_lineas"]
-    return {"fronts_lineas": (plot_fronts(frame, title=frame.attrs.get("title")), frame)}
+    frame = frames["fronts"]
+    return {"fronts": (plot_fronts(frame, title=frame.attrs.get("title")), frame)}
 
 
-analysis("fronts_lineas", reads=(*LINEAS_PATH, "fronts"))((_fronts_lineas, _draw_fronts_lineas))
+analysis("fronts", reads=(*LINEAS_PATH, "fronts"))((_fronts, _draw_fronts))
 
 
 def _lineas_convergence(ctx: Context) -> dict[str, pd.DataFrame]:

@@ -24,8 +24,8 @@ from ..evaluate.sweep import sweep
 from .sizes import FrontSize
 
 # The maps whose fronts are drawn, and the bases that get a DSAS variant.
-FRONT_METHODS = ("aura", "mean_shift", "linear_act")
-FRONT_DSAS = ("mean_shift", "linear_act")
+FRONT_METHODS = ("aura", "mean_shift", "linear_act", "lineas")
+FRONT_DSAS = ("mean_shift", "linear_act", "lineas")
 
 
 def strength_grid(steerer: Steerer, points: int) -> list[float]:
