@@ -30,8 +30,24 @@ def test_figures_quick_fronts(model, tmp_path):
     assert tops["linear_act"] == 1.0 and tops["dsas+linear_act"] == 2.0
     assert tops["lineas"] == 1.0 and tops["e2e-dsas"] == 2.0
     assert df["diff_accuracy"].notna().sum() == len(df) - 1  # utility measured per condition
-    assert df.loc[df["method"] != "unsteered", "gated"].sum() == points * len(FRONT_DSAS)
-    assert not df.loc[df["method"] == "e2e-dsas", "gated"].any()  # its own front, not a gate
+    # DSAS rows gate their base; E2E-DSAS gates the LinEAS maps it trains, so it joins
+    # LinEAS's family (its row in the figure) as a gated front of its own
+    assert df.loc[df["method"] != "unsteered", "gated"].sum() == points * (len(FRONT_DSAS) + 1)
+    families = df.groupby("method")["base"].first()
+    assert families["e2e-dsas"] == families["dsas+lineas"] == "lineas"
+    assert families["dsas+mean_shift"] == "mean_shift" and families["aura"] == "aura"
+
+
+def test_plot_fronts_one_row_per_family():
+    rows = [("unsteered", "unsteered", 0.0, 0.0)]
+    rows += [(m, b, lam, lam / 10) for m, b in [("a", "a"), ("dsas+a", "a"), ("e2e", "a"),
+                                                 ("b", "b")] for lam in (0.5, 1.0)]
+    df = pd.DataFrame(rows, columns=["method", "base", "strength", "delta_ppl_rel"])
+    df = df.assign(mean_score=0.2, mean_score_se=0.01, gated=df["method"] != df["base"])
+    fig = plot_fronts(df)
+    assert len(fig.axes) == 2  # families a and b; PPL only (no accuracy column)
+    labels = fig.axes[0].get_legend_handles_labels()[1]
+    assert labels == ["a", "dsas+a", "e2e", "unsteered"]  # the map first, then its variants
 
 
 def test_strength_grid_and_its_errors(model, two_sets):

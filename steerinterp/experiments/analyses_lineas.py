@@ -108,8 +108,8 @@ analysis("diagnosis_lineas", reads=(*LINEAS_PATH, "n_attr"))((_diagnosis_lineas,
 
 
 def _fronts(ctx: Context) -> dict[str, pd.DataFrame]:
-    """Every front on one figure (issue 11; issue 12's "E2E-DSAS at or below LinEAS"): the
-    maps of ``FRONT_METHODS`` (LinEAS: :func:`_plain_lineas`), DSAS over each of
+    """Every front, one figure row per map family (issue 11; issue 12's "E2E-DSAS at or below
+    LinEAS"): the maps of ``FRONT_METHODS`` (LinEAS: :func:`_plain_lineas`), DSAS over each of
     ``FRONT_DSAS``, and E2E-DSAS (gates and LinEAS maps trained together, same schedule), on
     the main job's evaluation split. Conditions are cached one by one, so adding a method
     computes only its points."""
@@ -141,7 +141,8 @@ def _draw_fronts(frames):
     return {"fronts": (plot_fronts(frame, title=frame.attrs.get("title")), frame)}
 
 
-analysis("fronts", reads=(*LINEAS_PATH, "fronts"))((_fronts, _draw_fronts))
+# revision 1: E2E-DSAS rows name LinEAS as their base (they join its row in the figure)
+analysis("fronts", reads=(*LINEAS_PATH, "fronts"), revision=1)((_fronts, _draw_fronts))
 
 
 def _lineas_convergence(ctx: Context) -> dict[str, pd.DataFrame]:

@@ -18,6 +18,7 @@ import pandas as pd
 from transformer_lens import HookedTransformer
 
 from ..steer import Steerer, make
+from ..steer.dsas import Dsas
 from ..evaluate.generation import GenerationSettings
 from ..evaluate.harness import EvalSettings
 from ..evaluate.sweep import sweep
@@ -53,16 +54,20 @@ def fronts(model: HookedTransformer, steerers: dict[str, Steerer], prompts: list
            ppl_texts: list[str], size: FrontSize = FrontSize(), seed: int = 0,
            cache_dir: str | Path | None = None, progress: bool = False) -> pd.DataFrame:
     """The sweep frame (``sweep``'s columns, one row per condition plus ``unsteered``) of every
-    steerer over its :func:`strength_grid`, with ``base`` (the map a DSAS row gates, else the
-    method) and ``gated`` added."""
+    steerer over its :func:`strength_grid`, with ``base`` (the map a DSAS or E2E-DSAS row
+    gates, else the method) and ``gated`` added."""
     settings = EvalSettings(generation=GenerationSettings(
         max_new_tokens=size.new_tokens, samples=size.samples, seed=seed),
         utility_n=size.utility_n, utility_tasks=size.utility_tasks)
     grid = {name: strength_grid(s, size.points) for name, s in steerers.items()}
     frame = sweep(model, steerers, grid, prompts[:size.n_prompts], ppl_texts[:size.n_ppl],
                   settings=settings, cache_dir=cache_dir, progress=progress)
-    frame["gated"] = frame["method"].str.startswith("dsas+")
-    frame["base"] = frame["method"].str.replace("dsas+", "", regex=False)
+    # A gated row's base is the map its gates scale: a fitted base for DSAS, the LinEAS maps
+    # trained with the gates for E2E-DSAS; each base's rows form one family in the figure.
+    base = {name: s.base.method if isinstance(s, Dsas) and s.base is not None else name
+            for name, s in steerers.items()}
+    frame["gated"] = frame["method"].map(lambda m: base.get(m, m) != m)
+    frame["base"] = frame["method"].map(lambda m: base.get(m, m))
     return frame
 
 

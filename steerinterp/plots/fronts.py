@@ -1,6 +1,6 @@
-"""Figure of λ sweeps as toxicity/utility fronts (``evaluate.fronts`` frames): mean toxicity
-against the perplexity change and against the zero-shot accuracy change, each map in its own
-colour, its DSAS variant dashed in the same colour, the unsteered model as a star."""
+"""Figure of λ sweeps as toxicity/utility fronts (``experiments.fronts`` frames): mean
+toxicity against the perplexity change and against the zero-shot accuracy change, one row per
+map with its DSAS variants in the same colour, the unsteered model as a star."""
 
 from __future__ import annotations
 
@@ -16,41 +16,62 @@ _PANELS = [("delta_ppl_rel", 100.0, "perplexity change vs unsteered (%)", False)
 
 
 def plot_fronts(frame: pd.DataFrame, title: str | None = None):
-    """One panel per utility measure the frame has (PPL always; accuracy when measured):
-    x = the measure's change vs unsteered, y = mean toxicity score (± SE). Lines join a
-    method's λ points in λ order; the unsteered model sits at x = 0."""
+    """Small multiples: one row per family (a map with its DSAS / E2E-DSAS variants, from the
+    frame's ``base`` column when present), one column per utility measure the frame has (PPL
+    always; accuracy when measured). x = the measure's change vs unsteered, y = mean toxicity
+    score (± SE); lines join a method's λ points in λ order, the other families sit in grey
+    behind each row, and the unsteered model is the star at x = 0. Axes are shared, so rows
+    compare directly."""
     need_columns(frame, ["method", "strength", "mean_score", "mean_score_se", "delta_ppl_rel"],
                  "plot_fronts", "fronts")
     panels = [p for p in _PANELS if p[0] in frame.columns and frame[p[0]].notna().any()]
-    fig, axes = figure(1, len(panels), size=(5.2 * len(panels) + 1.6, 4.4), sharey=True,
-                       squeeze=False)
     base = frame[frame["method"] == "unsteered"]
     steered = frame[frame["method"] != "unsteered"].copy()
-    steered["map"] = steered["method"].str.replace("dsas+", "", regex=False)
-    colours = dict(zip(dict.fromkeys(steered["map"]), _palette(steered["map"].nunique())))
-    for ax, (col, scale, label, flip) in zip(axes[0], panels):
-        for method, part in steered.groupby("method", sort=False):
-            part = part.sort_values("strength")
-            gated = method.startswith("dsas+")
-            ax.errorbar(scale * part[col], part["mean_score"], yerr=part["mean_score_se"],
-                        fmt="s--" if gated else "o-", ms=5, lw=1.2, capsize=2,
-                        color=colours[part["map"].iloc[0]], mfc="white" if gated else None,
-                        label=method)
-            top = part.iloc[-1]  # label the strongest point with its λ
-            ax.annotate(f"λ={top['strength']:g}", (scale * top[col], top["mean_score"]),
-                        fontsize=7, xytext=(3, -8), textcoords="offset points")
-        if not base.empty:
-            ax.errorbar([0.0], base["mean_score"], yerr=base["mean_score_se"], fmt="*",
-                        ms=13, color="black", label="unsteered")
-        ax.axvline(0, color="black", lw=0.8)
+    if "base" not in steered.columns:
+        steered["base"] = steered["method"].str.replace("dsas+", "", regex=False)
+    families = list(dict.fromkeys(steered["base"]))
+    colours = dict(zip(families, _palette(len(families))))
+    fig, axes = figure(len(families), len(panels), squeeze=False, sharex="col", sharey=True,
+                       size=(5.0 * len(panels) + 1.8, 2.9 * len(families) + 0.6))
+    for row, family in zip(axes, families):
+        for ax, (col, scale, label, flip) in zip(row, panels):
+            for _, part in steered[steered["base"] != family].groupby("method", sort=False):
+                part = part.sort_values("strength")  # context: every other front, in grey
+                ax.plot(scale * part[col], part["mean_score"], "-", color="0.8", lw=0.8,
+                        zorder=1)
+            _draw_family(ax, steered[steered["base"] == family], col, scale, colours[family])
+            if not base.empty:
+                ax.errorbar([0.0], base["mean_score"], yerr=base["mean_score_se"], fmt="*",
+                            ms=12, color="black", label="unsteered", zorder=3)
+            ax.axvline(0, color="black", lw=0.8)
+            _log_if_wide(ax, scale * steered[col])
+        row[0].set_ylabel("mean toxicity (± SE)")
+        row[-1].legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    for ax, (col, scale, label, flip) in zip(axes[-1], panels):
+        ax.set_xlabel(label)
         if flip:
             ax.invert_xaxis()  # accuracy lost grows to the right, like the PPL panel
-        _log_if_wide(ax, scale * steered[col])
-        ax.set_xlabel(label)
-    axes[0][0].set_ylabel("mean toxicity score of continuations (± SE)")
-    axes[0][-1].legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     fig.suptitle(title or "λ sweeps: toxicity against utility (lower left is better)")
+    fig.tight_layout()
     return fig
+
+
+_STYLES = [("o-", None), ("s--", "white"), ("D:", "white"), ("^-.", "white")]
+
+
+def _draw_family(ax, part: pd.DataFrame, col: str, scale: float, colour) -> None:
+    """The family's methods in one colour: the map solid, each gated variant in its own line
+    style; the strongest point of each is labelled with its λ."""
+    methods = list(dict.fromkeys(part.sort_values("gated", kind="stable")["method"]
+                                 if "gated" in part.columns else part["method"]))
+    for i, method in enumerate(methods):
+        rows = part[part["method"] == method].sort_values("strength")
+        fmt, mfc = _STYLES[i % len(_STYLES)]
+        ax.errorbar(scale * rows[col], rows["mean_score"], yerr=rows["mean_score_se"], fmt=fmt,
+                    ms=5, lw=1.2, capsize=2, color=colour, mfc=mfc, label=method, zorder=2)
+        top = rows.iloc[-1]
+        ax.annotate(f"λ={top['strength']:g}", (scale * top[col], top["mean_score"]),
+                    fontsize=7, xytext=(3, -8), textcoords="offset points")
 
 
 def _log_if_wide(ax, xs: pd.Series) -> None:
