@@ -1,6 +1,7 @@
 """The LinEAS analyses ``steerinterp figures`` draws (issue 12): the γ path's sparsity and its
 overlap with AurA, the per-site diagnosis, the λ fronts of every method (here because they
-include LinEAS and E2E-DSAS), and training to convergence. Registered like those in :mod:`.analyses`, whose helpers they share."""
+include LinEAS and E2E-DSAS), and training to convergence. Registered like those in
+:mod:`.analyses`, whose helpers they share."""
 
 from __future__ import annotations
 
